@@ -1,0 +1,133 @@
+"""The preprocessed-data cache: decode once, then training only reads arrays.
+
+    from alexnet_pipeline.cache import preprocess, load_arrays
+    dataset_dir = preprocess(cfg.data, image_size=224)   # cached by content
+    arrays = load_arrays(dataset_dir)                    # memory-mapped .npy
+
+A cache entry is a folder named after the source's content hash and the
+preprocessing parameters. It is built under a temporary name and renamed when
+complete, so a folder with the final name is always whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_pipeline import faults
+from alexnet_pipeline.config import DataConfig
+from alexnet_pipeline.data import ImageArrays, ImageFolderSource, cifar10_fingerprint, load_cifar10_arrays
+from alexnet_pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+# Bump when the decoding or the stored layout changes: old entries are then ignored.
+PREPROCESS_VERSION = 1
+ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+META_NAME = "meta.json"
+
+
+def is_complete(dataset_dir: Path) -> bool:
+    return (dataset_dir / META_NAME).is_file() and all((dataset_dir / f"{n}.npy").is_file() for n in ARRAY_NAMES)
+
+
+def read_meta(dataset_dir: Path) -> dict:
+    return json.loads((Path(dataset_dir) / META_NAME).read_text())
+
+
+def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
+    """Open a cache entry. Memory-mapped by default: a dataset larger than RAM
+    is paged in as batches are read."""
+    dataset_dir = Path(dataset_dir)
+    if not is_complete(dataset_dir):
+        raise DataError(f"preprocessed data {dataset_dir} is missing or incomplete; run the pipeline again to rebuild it")
+    meta = read_meta(dataset_dir)
+    mode = "r" if mmap else None
+    arrays = {name: np.load(dataset_dir / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in ARRAY_NAMES}
+    return ImageArrays(**arrays, class_names=meta["class_names"], skipped_files=meta.get("skipped_files", []))
+
+
+def _write_entry(final_dir: Path, arrays: ImageArrays, meta: dict) -> None:
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())
+        for name in ARRAY_NAMES:
+            np.save(tmp / f"{name}.npy", getattr(arrays, name), allow_pickle=False)
+            faults.crash_point("preprocess")
+        (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+        for child in tmp.iterdir():
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
+        if final_dir.exists():
+            # Only reachable when an entry with this name lost a file: replace it.
+            shutil.rmtree(final_dir)
+        os.rename(tmp, final_dir)
+    except OSError as exc:
+        raise DataError(
+            f"cannot write the preprocessed cache under {final_dir.parent} ({exc.strerror or exc}); "
+            "free some disk space or point --cache-dir at a disk with room"
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def preprocess(data: DataConfig, image_size: int, source_dir: Path | None = None, progress: bool = True) -> Path:
+    """Build (or find) the cache entry for this source; return its folder.
+
+    `source_dir` is the extracted CIFAR-10 batches folder for cifar10 (from
+    download.ensure_cifar10) and ignored for image folders (data.data_dir)."""
+    started = time.perf_counter()
+    cache_root = Path(data.cache_dir).expanduser() if data.cache_dir else Path(data.data_dir).expanduser() / "preprocessed"
+    if data.dataset == "cifar10":
+        if source_dir is None:
+            raise ValueError("cifar10 needs the extracted batches folder")
+        fingerprint = cifar10_fingerprint(source_dir)
+        params = {"dataset": "cifar10", "stored_size": 32}
+        source = None
+    else:
+        source = ImageFolderSource(Path(data.data_dir), workers=data.decode_workers)
+        stored_size = data.stored_size or source.auto_stored_size(image_size)
+        fingerprint = source.fingerprint()
+        params = {"dataset": "imagefolder", "stored_size": stored_size, "skip_bad_images": data.skip_bad_images}
+    key_text = json.dumps({"version": PREPROCESS_VERSION, "source": fingerprint, **params}, sort_keys=True)
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
+    dataset_dir = cache_root / f"{params['dataset']}-{key}"
+    if is_complete(dataset_dir):
+        log.info("Preprocessed data found in %s", dataset_dir)
+        return dataset_dir
+    log.info("Preprocessing %s into %s", data.dataset, dataset_dir)
+    if source is None:
+        arrays = load_cifar10_arrays(source_dir)
+    else:
+        arrays = source.decode(params["stored_size"], skip_bad_images=data.skip_bad_images, progress=progress)
+    meta = {
+        "version": PREPROCESS_VERSION,
+        "key": key,
+        "source_fingerprint": fingerprint,
+        **params,
+        "source": str(source_dir if source is None else source.root),
+        "class_names": arrays.class_names,
+        "num_train": int(len(arrays.train_labels)),
+        "num_test": int(len(arrays.test_labels)),
+        "skipped_files": arrays.skipped_files,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    _write_entry(dataset_dir, arrays, meta)
+    log.info("Cached %d train and %d test images (%dx%d) in %.1f s", meta["num_train"], meta["num_test"],
+             params["stored_size"], params["stored_size"], meta["seconds"])
+    return dataset_dir

@@ -1,0 +1,277 @@
+"""Typed, strict configuration: presets, YAML files and command-line overrides.
+
+Precedence, lowest first: the dataclass defaults (the default recipe), a preset
+(``alexnet_pipeline/presets/NAME.yaml``), a ``--config`` YAML file, then flags.
+Every value is checked before any work starts; an error names the field.
+
+    from alexnet_pipeline.config import resolve_config
+    cfg = resolve_config(preset="smoke", overrides={"train.epochs": 3})
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from alexnet_pipeline.errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+# Smallest input for which AlexNet's three max-pools still see a 3x3 map.
+MIN_ALEXNET_IMAGE_SIZE = 63
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["cifar10", "imagefolder"] = "cifar10"
+    data_dir: str = "data"
+    # Check the CIFAR-10 archive's MD5; false accepts a modified copy.
+    verify: bool = True
+    # At most this many train and this many test images, equal per class.
+    subset: int | None = None
+    # Side of the square uint8 images kept in the cache (image folders only);
+    # None: the image size, or the images' own size when that is smaller.
+    stored_size: int | None = None
+    # Where preprocessed arrays are cached; None: <data_dir>/preprocessed.
+    cache_dir: str | None = None
+    skip_bad_images: bool = False
+    url: str = CIFAR10_URL
+    md5: str = CIFAR10_MD5
+    # Threads that decode image-folder files; None: one per CPU.
+    decode_workers: int | None = None
+
+
+@dataclass
+class ModelConfig:
+    # "imagenet" (torchvision IMAGENET1K_V1), "none" (random init) or a path
+    # to a torchvision-format state_dict.
+    weights: str = "imagenet"
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 256
+    # None: chosen from the weights (see resolved_lr), scaled with batch size.
+    lr: float | None = None
+    weight_decay: float = 0.05
+    schedule: Literal["constant", "warmup_cosine", "onecycle"] = "warmup_cosine"
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    # Random crop (from a reflect-padded image) and horizontal flip.
+    augment: bool = True
+    crop_padding: int = 4
+    image_size: int = 224
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    eval_batch_size: int = 1000
+
+    def resolved_lr(self, weights: str) -> float:
+        if self.lr is not None:
+            return self.lr
+        # Fine-tuning pretrained features wants a smaller step than training
+        # from scratch; both are per 256 images and scale linearly.
+        base = 3e-4 if weights == "none" else 1e-4
+        return base * self.batch_size / 256
+
+
+@dataclass
+class PipelineConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # Run folder; None: runs/<name derived from the config>.
+    out: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes results; the run folder follows from it."""
+        d = self.to_dict()
+        d.pop("out")
+        # Where the data sits and how it is decoded do not change results.
+        for key in ("data_dir", "cache_dir", "decode_workers", "url"):
+            d["data"].pop(key)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    def run_dir(self) -> Path:
+        if self.out:
+            return Path(self.out).expanduser()
+        weights = self.model.weights if self.model.weights in ("imagenet", "none") else "custom"
+        return Path("runs") / f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
+
+
+def _check_type(value: Any, annotation: Any, name: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices:
+            raise ConfigError(f"{name}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, name)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} for {name}")
+
+
+def _build(cls: type, values: Any, prefix: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix}{unknown[0]!s}; known keys here: {', '.join(sorted(known))}"
+        )
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values[f.name], f"{name}.")
+        else:
+            kwargs[f.name] = _check_type(values[f.name], hints[f.name], name)
+    return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, train)")
+    return data
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _dotted_to_nested(overrides: dict[str, Any]) -> dict:
+    nested: dict = {}
+    for dotted, value in overrides.items():
+        node = nested
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def resolve_config(
+    preset: str = "default",
+    config_file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> PipelineConfig:
+    """Merge preset, file and dotted overrides ({"train.epochs": 3}); validate."""
+    if preset not in preset_names():
+        raise ConfigError(f"preset: unknown preset {preset!r}; choose one of {', '.join(preset_names())}")
+    merged = load_yaml(PRESET_DIR / f"{preset}.yaml")
+    if config_file is not None:
+        merged = _merge(merged, load_yaml(Path(config_file)))
+    if overrides:
+        merged = _merge(merged, _dotted_to_nested({k: v for k, v in overrides.items() if v is not None}))
+    cfg = _build(PipelineConfig, merged, "")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(values: dict) -> PipelineConfig:
+    """Rebuild a config stored in a checkpoint or passed between tasks."""
+    cfg = _build(PipelineConfig, values, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: PipelineConfig) -> None:
+    t, d = cfg.train, cfg.data
+    checks = [
+        (t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}"),
+        (t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}"),
+        (t.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1, got {t.eval_batch_size}"),
+        (t.lr is None or t.lr > 0, "train.lr", f"must be greater than 0, got {t.lr}"),
+        (t.lr is None or t.lr < 10, "train.lr", f"{t.lr} is far too large for AdamW; try 1e-4"),
+        (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
+        (0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}"),
+        (t.warmup_epochs >= 0, "train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}"),
+        (t.crop_padding >= 0, "train.crop_padding", f"must be >= 0, got {t.crop_padding}"),
+        (
+            t.image_size >= MIN_ALEXNET_IMAGE_SIZE,
+            "train.image_size",
+            f"{t.image_size} is too small for AlexNet; use at least {MIN_ALEXNET_IMAGE_SIZE} (224 is standard)",
+        ),
+        (t.image_size <= 1024, "train.image_size", f"{t.image_size} is larger than this pipeline supports (1024)"),
+        (d.subset is None or d.subset >= 1, "data.subset", f"must be at least 1, got {d.subset}"),
+        (
+            d.stored_size is None or 8 <= d.stored_size <= 1024,
+            "data.stored_size",
+            f"must be between 8 and 1024, got {d.stored_size}",
+        ),
+        (d.decode_workers is None or d.decode_workers >= 1, "data.decode_workers", "must be at least 1"),
+        (bool(cfg.model.weights), "model.weights", "must be 'imagenet', 'none' or a path"),
+    ]
+    for ok, name, message in checks:
+        if not ok:
+            raise ConfigError(f"{name}: {message}")
+    if t.device == "cuda":
+        from alexnet_pipeline.device_data import resolve_device
+
+        resolve_device(t.device)

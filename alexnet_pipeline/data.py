@@ -1,0 +1,313 @@
+"""Data sources -> uint8 arrays (N, S, S, 3), int64 labels and class names.
+
+    from alexnet_pipeline.data import load_cifar10_arrays, ImageFolderSource
+    arrays = load_cifar10_arrays(Path("data/cifar-10-batches-py"))
+    arrays = ImageFolderSource(Path("~/photos")).decode(stored_size=64)
+
+The arrays are what the preprocess cache (cache.py) stores and training reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from alexnet_pipeline.download import BATCH_FILES
+from alexnet_pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp"})
+# Files listed in an error message before "... and N more".
+MAX_LISTED_FILES = 20
+
+
+@dataclass
+class ImageArrays:
+    train_images: np.ndarray  # (N, S, S, 3) uint8, RGB
+    train_labels: np.ndarray  # (N,) int64
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: list[str]
+    # Image-folder files that could not be decoded and were skipped.
+    skipped_files: list[str] = field(default_factory=list)
+
+
+# --- CIFAR-10 python batches ------------------------------------------------
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """The official batches are pickles; allow only what they contain (numpy
+    arrays, lists, dicts, bytes) so a doctored archive cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"forbidden object {module}.{name} in a CIFAR-10 batch")
+
+
+def _read_batch(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            batch = _NumpyOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise DataError(f"{path} is not a readable CIFAR-10 batch ({exc}); use the official archive") from None
+    if not isinstance(batch, dict):
+        raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _batch_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    batch = _read_batch(path)
+    try:
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except KeyError as exc:
+        raise DataError(f"{path} lacks the field {exc.args[0]!r} of a CIFAR-10 batch") from None
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DataError(f"{path}: expected data of shape (N, 3072) and N labels, got {data.shape} and {len(labels)}")
+    # Rows are stored channel-major (1024 R, 1024 G, 1024 B); make them NHWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def load_cifar10_arrays(batches_dir: Path) -> ImageArrays:
+    meta = _read_batch(batches_dir / "batches.meta")
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta.get("label_names", [])]
+    if not names:
+        raise DataError(f"{batches_dir / 'batches.meta'} has no label_names")
+    train = [_batch_arrays(batches_dir / name) for name in BATCH_FILES if name.startswith("data_batch")]
+    test_images, test_labels = _batch_arrays(batches_dir / "test_batch")
+    train_labels = np.concatenate([labels for _, labels in train])
+    for labels, where in ((train_labels, "train"), (test_labels, "test")):
+        if labels.min() < 0 or labels.max() >= len(names):
+            raise DataError(f"{batches_dir}: {where} labels outside 0..{len(names) - 1}")
+    return ImageArrays(
+        train_images=np.concatenate([images for images, _ in train]),
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+        class_names=names,
+    )
+
+
+def cifar10_fingerprint(batches_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in BATCH_FILES:
+        digest.update(name.encode())
+        with open(batches_dir / name, "rb") as f:
+            while chunk := f.read(4 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- Image folders -----------------------------------------------------------
+
+
+def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    classes = {}
+    for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(
+            p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        )
+        classes[class_dir.name] = files
+    return classes
+
+
+def _to_rgb_array(image, size: int) -> np.ndarray:
+    from PIL import Image, ImageOps
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        # 16-bit and float greyscale: PIL's convert("RGB") would clip at 255,
+        # so rescale the full range to 8 bits first.
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
+        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Composite transparent pixels on white rather than on whatever colour
+        # the hidden pixels happen to hold.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, rgba)
+    image = image.convert("RGB")
+    image = ImageOps.fit(image, (size, size), method=Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_image(path: Path, size: int) -> np.ndarray:
+    """Decode one file to a (size, size, 3) uint8 RGB array (centre crop to a square)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        # JPEGs can be decoded at a reduced scale directly: far faster for photos.
+        image.draft("RGB", (size, size))
+        return _to_rgb_array(image, size)
+
+
+def _short_side(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return min(image.size)
+    except Exception:  # noqa: BLE001 - a broken file is reported by the decode pass
+        return 0
+
+
+class ImageFolderSource:
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (jpg, png, bmp, webp;
+    other files ignored). Class names are the folder names, sorted."""
+
+    def __init__(self, root: Path, workers: int | None = None):
+        self.root = Path(root).expanduser()
+        self.workers = workers or min(32, (os.cpu_count() or 1) * 2)
+        self.class_names, self.train_files, self.test_files = self._scan()
+
+    def _scan(self):
+        root = self.root
+        if not root.exists():
+            raise DataError(f"image folder {root} does not exist; pass --data-dir with train/ and test/ inside")
+        if not root.is_dir():
+            raise DataError(f"--data-dir {root} is a file; it must be a folder holding train/ and test/")
+        if not os.access(root, os.R_OK | os.X_OK):
+            raise DataError(f"image folder {root} is not readable; check its permissions")
+        splits = {}
+        for split in ("train", "test"):
+            split_dir = root / split
+            if not split_dir.is_dir():
+                raise DataError(
+                    f"{root} has no {split}/ folder; an image folder needs {root}/train/<class>/ "
+                    f"and {root}/test/<class>/ with the images inside"
+                )
+            try:
+                splits[split] = _class_files(split_dir)
+            except PermissionError as exc:
+                raise DataError(f"cannot read {exc.filename}; check its permissions") from None
+            if not splits[split]:
+                raise DataError(f"{split_dir} has no class folders; put each class's images in {split_dir}/<class>/")
+            empty = [name for name, files in splits[split].items() if not files]
+            if empty:
+                raise DataError(
+                    f"class folder {split_dir / empty[0]} has no images (jpg, png, bmp or webp)"
+                    + (f"; also empty: {', '.join(empty[1:])}" if len(empty) > 1 else "")
+                    + "; add images or remove the folder"
+                )
+        train_classes, test_classes = list(splits["train"]), list(splits["test"])
+        if train_classes != test_classes:
+            only_train = sorted(set(train_classes) - set(test_classes))
+            only_test = sorted(set(test_classes) - set(train_classes))
+            raise DataError(
+                f"train/ and test/ in {root} have different classes "
+                f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
+                "both must have the same class folders"
+            )
+        files = {
+            split: [(path, label) for label, name in enumerate(train_classes) for path in splits[split][name]]
+            for split in splits
+        }
+        return train_classes, files["train"], files["test"]
+
+    def fingerprint(self) -> str:
+        """Hash of every image file's relative path and bytes: the cache key."""
+
+        def file_digest(item: tuple[Path, int]) -> bytes:
+            path, label = item
+            digest = hashlib.sha256(f"{path.relative_to(self.root)}\0{label}\0".encode())
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            return digest.digest()
+
+        total = hashlib.sha256()
+        with ThreadPoolExecutor(self.workers) as pool:
+            for part in pool.map(file_digest, self.train_files + self.test_files):
+                total.update(part)
+        return total.hexdigest()
+
+    def auto_stored_size(self, image_size: int) -> int:
+        """The image size, or the largest image's short side when that is smaller
+        (storing 32x32 CIFAR JPEGs at 224 would only waste memory)."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            largest = max(pool.map(_short_side, [p for p, _ in self.train_files + self.test_files]))
+        return max(8, min(image_size, largest or image_size))
+
+    def decode(self, stored_size: int, skip_bad_images: bool = False, progress: bool = True) -> ImageArrays:
+        from tqdm import tqdm
+
+        items = self.train_files + self.test_files
+        images = np.empty((len(items), stored_size, stored_size, 3), dtype=np.uint8)
+        bad: list[str] = []
+
+        def work(index: int) -> str | None:
+            path = items[index][0]
+            try:
+                images[index] = decode_image(path, stored_size)
+            except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
+                return f"{path} ({type(exc).__name__}: {exc})"
+            return None
+
+        with ThreadPoolExecutor(self.workers) as pool:
+            bar = tqdm(total=len(items), desc="decode images", unit="img", disable=not progress)
+            for problem in pool.map(work, range(len(items)), chunksize=64):
+                if problem:
+                    bad.append(problem)
+                bar.update()
+            bar.close()
+        if bad and not skip_bad_images:
+            listed = "\n  ".join(bad[:MAX_LISTED_FILES])
+            more = f"\n  ... and {len(bad) - MAX_LISTED_FILES} more" if len(bad) > MAX_LISTED_FILES else ""
+            raise DataError(
+                f"{len(bad)} image file(s) in {self.root} could not be decoded:\n  {listed}{more}\n"
+                "Fix or remove them, or pass --skip-bad-images to leave them out (they are listed in the report)."
+            )
+        bad_paths = {b.split(" (", 1)[0] for b in bad}
+        keep = np.array([str(p) not in bad_paths for p, _ in items], dtype=bool)
+        labels = np.array([label for _, label in items], dtype=np.int64)
+        n_train = len(self.train_files)
+        train_keep, test_keep = keep[:n_train], keep[n_train:]
+        arrays = ImageArrays(
+            train_images=images[:n_train][train_keep],
+            train_labels=labels[:n_train][train_keep],
+            test_images=images[n_train:][test_keep],
+            test_labels=labels[n_train:][test_keep],
+            class_names=list(self.class_names),
+            skipped_files=bad,
+        )
+        for split, split_labels in (("train", arrays.train_labels), ("test", arrays.test_labels)):
+            missing = sorted(set(range(len(self.class_names))) - set(split_labels.tolist()))
+            if missing:
+                names = ", ".join(self.class_names[i] for i in missing)
+                raise DataError(f"after skipping bad images, {split}/ has no images left for: {names}")
+        return arrays
+
+
+# --- Subsets -------------------------------------------------------------------
+
+
+def balanced_subset(labels: np.ndarray, limit: int | None, num_classes: int) -> np.ndarray:
+    """Indices of at most `limit` items, the same count for every class: the
+    first ones of each class in stored order, so the choice never changes."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    per_class = limit // num_classes
+    if per_class == 0:
+        raise DataError(f"--subset {limit} is smaller than the number of classes ({num_classes}); use at least {num_classes}")
+    chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
+    return np.sort(np.concatenate(chosen))

@@ -1,0 +1,104 @@
+"""One evaluate() for every checkpoint: loss, top-1, per-class accuracy and
+the confusion matrix. It returns numbers and writes nothing.
+
+    from alexnet_pipeline.evaluate import evaluate_checkpoint
+    result = evaluate_checkpoint("runs/x/checkpoints/alexnet-07.pt", dataset_dir, device="auto")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from alexnet_pipeline import faults
+from alexnet_pipeline.cache import load_arrays, read_meta
+from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+from alexnet_pipeline.data import balanced_subset
+from alexnet_pipeline.device_data import resolve_device
+from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.transforms import BatchTransform
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    per_class_accuracy: list[float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    num_images: int
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform,
+             num_classes: int, batch_size: int) -> EvalResult:
+    """`images` uint8 (N, S, S, 3) and `labels` already on the model's device;
+    the test set is read in its stored order (no shuffling)."""
+    device = labels.device
+    model.eval()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+    for start in range(0, len(labels), batch_size):
+        x = transform(images[start:start + batch_size])
+        y = labels[start:start + batch_size]
+        with autocast:
+            logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
+        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
+    matrix = confusion.view(num_classes, num_classes).cpu().numpy()  # the one sync
+    per_class_total = matrix.sum(1)
+    per_class = np.divide(np.diag(matrix), per_class_total, out=np.zeros(num_classes), where=per_class_total > 0)
+    n = int(matrix.sum())
+    return EvalResult(
+        loss=float(loss_sum.item() / max(n, 1)),
+        accuracy=float(np.trace(matrix) / max(n, 1)),
+        per_class_accuracy=[float(v) for v in per_class],
+        confusion=matrix.astype(int).tolist(),
+        num_images=n,
+    )
+
+
+_test_sets: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_test_sets_lock = threading.Lock()
+
+
+def test_set_on_device(dataset_dir: Path, subset: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images and labels on `device`, loaded once per process: the
+    checkpoint sweep evaluates many checkpoints against the same test set."""
+    key = (str(Path(dataset_dir).resolve()), read_meta(dataset_dir)["key"], subset, str(device))
+    with _test_sets_lock:
+        if key not in _test_sets:
+            arrays = load_arrays(dataset_dir)
+            keep = balanced_subset(arrays.test_labels, subset, len(arrays.class_names))
+            images = torch.from_numpy(np.ascontiguousarray(arrays.test_images[keep])).to(device)
+            labels = torch.from_numpy(np.asarray(arrays.test_labels[keep], dtype=np.int64)).to(device)
+            _test_sets[key] = (images, labels)
+        return _test_sets[key]
+
+
+def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device: str = "auto",
+                        subset: int | None = None, batch_size: int = 1000) -> EvalResult:
+    """Rebuild the model from the checkpoint file alone and evaluate it on the
+    cached test set; refuse a checkpoint made for other classes."""
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint, map_location=dev)
+    faults.crash_point("evaluate", int(ckpt["epoch"]))
+    class_names = read_meta(dataset_dir)["class_names"]
+    if list(ckpt["class_names"]) != list(class_names):
+        raise CheckpointError(
+            f"{checkpoint} was trained on {len(ckpt['class_names'])} classes ({', '.join(ckpt['class_names'][:5])}...) "
+            f"but the test set has {len(class_names)} ({', '.join(class_names[:5])}...); evaluate it on the dataset it was trained on"
+        )
+    model = model_from_checkpoint(ckpt).to(dev)
+    channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    transform = BatchTransform(int(ckpt["image_size"]), ckpt["mean"], ckpt["std"], dev, channels_last)
+    images, labels = test_set_on_device(Path(dataset_dir), subset, dev)
+    return evaluate(model, images, labels, transform, len(class_names), batch_size)

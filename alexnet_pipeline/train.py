@@ -1,0 +1,295 @@
+"""The training loop: data resident on the device as uint8, whole-batch
+augmentation there, bf16 autocast + channels_last on CUDA, fp32 on the CPU,
+one checkpoint per epoch written by a background thread, resume from the last
+complete epoch.
+
+    from alexnet_pipeline.train import train_run
+    history = train_run(cfg, dataset_dir, run_dir)   # list[EpochStats]
+
+Determinism: epoch N's order, augmentation and dropout are drawn from
+generators seeded by (seed, N) alone, so a run resumed after epoch K repeats
+exactly what an uninterrupted run does from K+1 on (bit for bit on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from alexnet_pipeline import checkpoint as ckpt_io
+from alexnet_pipeline import faults
+from alexnet_pipeline.cache import load_arrays, read_meta
+from alexnet_pipeline.config import PipelineConfig
+from alexnet_pipeline.data import balanced_subset
+from alexnet_pipeline.device_data import DeviceDataset, resolve_device
+from alexnet_pipeline.errors import CheckpointError, ConfigError, TrainingDivergedError
+from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, build_alexnet
+from alexnet_pipeline.transforms import Augmentation, BatchTransform
+
+log = logging.getLogger(__name__)
+
+# Steps between progress-bar updates: each one costs a host-device sync.
+SYNC_EVERY = 25
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    lr: float
+    epoch_seconds: float
+    images_per_s: float
+    checkpoint: str
+    checkpoint_sha256: str = ""
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919) % (2**63 - 1)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """Multiplier of the base lr at a step (LambdaLR keeps it resumable)."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "onecycle":
+        warmup_steps = max(1, int(0.25 * total_steps))
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _to_cpu(obj):
+    """Deep copy of a (nested) state to CPU memory, so a background thread can
+    write it while training goes on changing the originals."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in order on one background thread; the training loop
+    only pays for a copy of the state. `drain()` re-raises a failed write."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        self._pending: list[Future] = []
+
+    def submit(self, fn: Callable, *args) -> Future:
+        self._raise_failures()
+        future = self._pool.submit(fn, *args)
+        self._pending.append(future)
+        return future
+
+    def _raise_failures(self) -> None:
+        for future in [f for f in self._pending if f.done()]:
+            self._pending.remove(future)
+            future.result()
+
+    def drain(self) -> None:
+        for future in self._pending:
+            future.result()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict, resume_state: dict,
+                 written: dict[int, str]) -> None:
+    """Runs on the writer thread, which alone updates `written` (epoch -> SHA-256)."""
+    path = ckpt_io.checkpoint_path(checkpoint_dir, epoch)
+    written[epoch] = ckpt_io.save_epoch_checkpoint(path, model_state, meta)
+    resume_state["checkpoints"] = dict(written)
+    for h in resume_state["history"]:
+        h["checkpoint_sha256"] = written.get(h["epoch"], "")
+    ckpt_io.save_resume_state(checkpoint_dir, resume_state)
+    faults.crash_point("after-checkpoint", epoch)
+
+
+def train_run(
+    cfg: PipelineConfig,
+    dataset_dir: Path,
+    run_dir: Path,
+    *,
+    on_epoch_end: Callable[[EpochStats], None] | None = None,
+    progress: bool = True,
+    resident_limit_bytes: int | None = None,
+) -> list[EpochStats]:
+    t = cfg.train
+    device = resolve_device(t.device)
+    checkpoint_dir = Path(run_dir) / "checkpoints"
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_io.remove_partial_files(checkpoint_dir)
+
+    arrays = load_arrays(dataset_dir)
+    class_names = arrays.class_names
+    keep = balanced_subset(arrays.train_labels, cfg.data.subset, len(class_names))
+    if t.batch_size > len(keep):
+        raise ConfigError(
+            f"train.batch_size: {t.batch_size} is larger than the {len(keep)} training images; use a smaller --batch-size"
+        )
+    data = DeviceDataset(arrays.train_images, arrays.train_labels, keep, device, resident_limit_bytes)
+    steps_per_epoch = math.ceil(len(keep) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+    lr = t.resolved_lr(cfg.model.weights)
+
+    torch.manual_seed(t.seed)
+    model = build_alexnet(len(class_names), cfg.model.weights).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, **({"fused": True} if cuda else {}))
+    warmup_steps = int(t.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(t.schedule, step, total_steps, warmup_steps)
+    )
+    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    transform = BatchTransform(t.image_size, IMAGENET_MEAN, IMAGENET_STD, device, channels_last=cuda)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
+
+    fingerprint = cfg.fingerprint()
+    dataset_key = read_meta(dataset_dir)["key"]
+    resume_state = _resume(checkpoint_dir, fingerprint, dataset_key, model, optimizer, scheduler, device)
+    history = [EpochStats(**h) for h in resume_state["history"]]
+    start_epoch = resume_state["epoch"] + 1
+    if start_epoch > 1:
+        log.info("Resuming %s after epoch %d of %d", run_dir, start_epoch - 1, t.epochs)
+
+    meta_base = {
+        "class_names": class_names,
+        "num_classes": len(class_names),
+        "image_size": t.image_size,
+        "mean": IMAGENET_MEAN,
+        "std": IMAGENET_STD,
+        "config": cfg.to_dict(),
+        "seed": t.seed,
+        "dataset_key": dataset_key,
+        "torch_version": str(torch.__version__),
+    }
+    written = dict(resume_state["checkpoints"])
+    writer = CheckpointWriter()
+    try:
+        for epoch in range(start_epoch, t.epochs + 1):
+            stats = _train_epoch(
+                epoch, t.epochs, model, optimizer, scheduler, criterion, transform, autocast, data,
+                t.batch_size, t.seed, t.crop_padding if t.augment else None, progress,
+            )
+            stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
+            history.append(stats)
+            resume_state = {
+                "epoch": epoch,
+                "config_fingerprint": fingerprint,
+                "dataset_key": dataset_key,
+                "optimizer": _to_cpu(optimizer.state_dict()),
+                "scheduler": scheduler.state_dict(),
+                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+                "history": [dataclasses.asdict(h) for h in history],
+            }
+            meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
+            writer.submit(_write_epoch, checkpoint_dir, epoch, _to_cpu(model.state_dict()), meta, resume_state, written)
+            if on_epoch_end is not None:
+                on_epoch_end(stats)
+        writer.drain()
+    finally:
+        writer.close()
+    final = ckpt_io.load_resume_state(checkpoint_dir)
+    return [EpochStats(**h) for h in final["history"]]
+
+
+def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, optimizer, scheduler, device) -> dict:
+    fresh = {"epoch": 0, "history": [], "checkpoints": {}}
+    state = ckpt_io.load_resume_state(checkpoint_dir)
+    if state is None:
+        return fresh
+    if state.get("config_fingerprint") != fingerprint or state.get("dataset_key") != dataset_key:
+        raise CheckpointError(
+            f"{checkpoint_dir.parent} holds a run with a different configuration or dataset; "
+            "pass another --out, or delete that folder to start over"
+        )
+    epoch = state["epoch"]
+    for e in range(1, epoch + 1):
+        path = ckpt_io.checkpoint_path(checkpoint_dir, e)
+        if not ckpt_io.verify_checkpoint(path, state["checkpoints"][e]):
+            log.warning("Checkpoint %s is missing or does not match the hash recorded when it was written; "
+                        "training restarts from epoch 1", path)
+            return fresh
+    last = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(checkpoint_dir, epoch), map_location=device)
+    model.load_state_dict(last["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def _train_epoch(epoch, epochs, model, optimizer, scheduler, criterion, transform, autocast, data: DeviceDataset,
+                 batch_size, seed, crop_padding, progress) -> EpochStats:
+    from tqdm import tqdm
+
+    device = data.device
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    order = torch.randperm(data.count, generator=generator)
+    augmentation = Augmentation.draw(data.count, crop_padding, generator) if crop_padding is not None else None
+    # Dropout draws from the global generators: reseed them per epoch too.
+    torch.manual_seed(epoch_seed(seed, epoch) + 1)
+    model.train()
+    steps = math.ceil(data.count / batch_size)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    seen = 0
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=True)
+    started = time.perf_counter()
+    for step, (images, labels, batch_positions) in enumerate(data.batches(order, batch_size)):
+        aug = augmentation.select(batch_positions, device) if augmentation is not None else None
+        inputs = transform(images, aug)
+        with autocast():
+            logits = model(inputs)
+            loss = criterion(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        # Accumulated on the device: reading them back is a sync, done rarely.
+        loss_sum += loss.detach() * labels.shape[0]
+        correct += (logits.argmax(1) == labels).sum()
+        seen += labels.shape[0]
+        if step == steps // 2:
+            faults.crash_point("mid-epoch", epoch)
+        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
+            running_loss = loss_sum.item() / seen
+            if not math.isfinite(running_loss):
+                raise TrainingDivergedError(
+                    f"the training loss became {running_loss} in epoch {epoch} by step {step + 1} of {steps}; "
+                    f"the checkpoints of epochs before {epoch} are kept. Lower the learning rate (--lr) and run again."
+                )
+            elapsed = time.perf_counter() - started
+            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{correct.item() / seen:.4f}", img_s=f"{seen / elapsed:,.0f}")
+        bar.update()
+    bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - started
+    return EpochStats(
+        epoch=epoch,
+        train_loss=loss_sum.item() / seen,
+        train_acc=correct.item() / seen,
+        lr=scheduler.get_last_lr()[0],
+        epoch_seconds=round(seconds, 3),
+        images_per_s=round(seen / seconds, 1),
+        checkpoint="",
+    )

@@ -1,0 +1,164 @@
+"""The whole job: download -> preprocess -> fine-tune -> evaluate every
+checkpoint -> report. Re-running the same command resumes where it stopped.
+
+    python flows/full_run.py                          # CIFAR-10, ImageNet weights, 30 epochs
+    python flows/full_run.py --preset smoke           # a 1-2 minute demo on the CPU
+    python flows/full_run.py --dataset imagefolder --data-dir ~/photos --weights none --epochs 10
+
+Runs on Prefect's temporary local server unless PREFECT_API_URL names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from alexnet_pipeline.cache import read_meta
+from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_config
+from alexnet_pipeline.device_data import resolve_device
+from alexnet_pipeline.errors import PipelineError
+from alexnet_pipeline.preflight import check_inputs
+from alexnet_pipeline.report import environment
+from alexnet_pipeline.timing import StageTimer
+from tasks import download, preprocess, report, train
+from tasks.caching import call_cached
+from tasks.evaluate import evaluate_checkpoint_task
+
+# Flow parameter -> dotted config field. The command line uses the same names.
+OVERRIDES = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "verify": "data.verify",
+    "subset": "data.subset",
+    "skip_bad_images": "data.skip_bad_images",
+    "cache_dir": "data.cache_dir",
+    "weights": "model.weights",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "image_size": "train.image_size",
+    "device": "train.device",
+    "seed": "train.seed",
+    "out": "out",
+}
+
+
+def config_for(preset: str, config_file: str | None, **params: Any) -> PipelineConfig:
+    return resolve_config(preset, config_file, {OVERRIDES[k]: v for k, v in params.items()})
+
+
+# Two evaluation threads: one can load a checkpoint while the other computes;
+# more would only compete for the same GPU (or the CPU's cores).
+@flow(name="full-run", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def full_run(
+    preset: str = "default",
+    config_file: str | None = None,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    verify: bool | None = None,
+    subset: int | None = None,
+    skip_bad_images: bool | None = None,
+    cache_dir: str | None = None,
+    weights: str | None = None,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    image_size: int | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    out: str | None = None,
+) -> dict:
+    """Fine-tune AlexNet and report test accuracy per epoch; returns the run
+    folder, the best and final accuracy and the report's file paths."""
+    params = {k: v for k, v in locals().items() if k in OVERRIDES}
+    cfg = config_for(preset, config_file, **params)
+    config, run_dir = cfg.to_dict(), str(cfg.run_dir().resolve())
+    timer = StageTimer()
+    with timer.stage("download"):
+        source_dir = None
+        if cfg.data.dataset == "cifar10":
+            source_dir = call_cached(download.download_cifar10, download.still_valid, data_dir=cfg.data.data_dir,
+                                     url=cfg.data.url, md5=cfg.data.md5, verify=cfg.data.verify)
+    with timer.stage("preprocess"):
+        image_folder = cfg.data.data_dir if cfg.data.dataset == "imagefolder" else None
+        dataset_dir = call_cached(preprocess.preprocess_data, preprocess.still_valid, config=config,
+                                  source_dir=source_dir, image_folder=image_folder)
+    with timer.stage("train"):
+        history = call_cached(train.fine_tune, train.still_valid, config=config, dataset_dir=dataset_dir, run_dir=run_dir)
+    with timer.stage("evaluate"):
+        evaluations = evaluate_checkpoint_task.map(
+            [h["checkpoint"] for h in history], dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
+            subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
+        ).result()
+    meta = read_meta(dataset_dir)
+    paths = call_cached(
+        report.write_report, report.still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
+        class_names=meta["class_names"], config=config, env=environment(_device_name(cfg.train.device)),
+        stage_seconds=timer.seconds, skipped_files=meta.get("skipped_files", []),
+    )
+    accuracies = [e["accuracy"] for e in evaluations]
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    return {"run_dir": run_dir, "best_epoch": history[best]["epoch"], "best_test_acc": accuracies[best],
+            "final_test_acc": accuracies[-1], **paths}
+
+
+def _device_name(name: str) -> str:
+    import torch
+
+    device = resolve_device(name)
+    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", choices=preset_names(), help="recipe to start from (default: default)")
+    p.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file with data/model/train sections")
+    p.add_argument("--dataset", choices=["cifar10", "imagefolder"])
+    p.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 download folder, or the image folder (train/ and test/)")
+    p.add_argument("--no-verify", dest="verify", action="store_const", const=False,
+                   help="accept a CIFAR-10 archive whose MD5 differs from the official one")
+    p.add_argument("--subset", type=int, metavar="N", help="at most N train and N test images, equal per class")
+    p.add_argument("--skip-bad-images", action="store_const", const=True,
+                   help="leave out image files that cannot be decoded (listed in the report)")
+    p.add_argument("--cache-dir", metavar="DIR", help="where preprocessed arrays go (default: DATA_DIR/preprocessed)")
+    p.add_argument("--weights", metavar="imagenet|none|PATH", help="starting weights (default: imagenet)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="base learning rate (default: chosen from the weights)")
+    p.add_argument("--image-size", type=int, help="model input side in pixels (default: 224)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name derived from the config>)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    preset, config_file = args.pop("preset"), args.pop("config_file")
+    params = {k: v for k, v in args.items() if v is not None}
+    try:
+        # Everything that can be checked cheaply is checked before Prefect starts.
+        cfg = config_for(preset, config_file, **params)
+        check_inputs(cfg)
+        result = full_run(preset=preset, config_file=config_file, **params)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    print(
+        f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
+        f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Cache policies that survive into a new run (see ../shared/PREFECT_NOTES.md).
+
+Prefect's default policy includes the flow run id, so a new run would redo
+everything. Here keys come from the task's inputs, its source, and the
+library's source: TASK_SOURCE alone would miss a change in alexnet_pipeline.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
+
+import alexnet_pipeline
+from alexnet_pipeline.files import sha256_file
+
+
+@functools.cache
+def library_source_hash() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(Path(alexnet_pipeline.__file__).parent.rglob("*")):
+        if path.suffix in (".py", ".yaml"):
+            digest.update(path.name.encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@dataclass
+class LibrarySource(CachePolicy):
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        return library_source_hash()
+
+
+@dataclass
+class FileContent(CachePolicy):
+    """Key on the bytes of the file named by input `param`, not on its path."""
+
+    param: str = "path"
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        return sha256_file(inputs[self.param])
+
+
+@dataclass
+class SourceFiles(CachePolicy):
+    """Key on the names, sizes and modification times of the files under the
+    input folders `params`: cheap to compute, and it changes when an image is
+    added, removed or edited. (The library's own cache is keyed by content.)"""
+
+    params: tuple[str, ...] = ()
+
+    def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
+        digest = hashlib.sha256()
+        for param in self.params:
+            root = inputs.get(param)
+            if not root or not Path(root).is_dir():
+                digest.update(f"{param}:absent".encode())
+                continue
+            for path in sorted(Path(root).rglob("*")):
+                if path.is_file():
+                    stat = path.stat()
+                    digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        return digest.hexdigest()
+
+
+ACROSS_RUNS = INPUTS + TASK_SOURCE + LibrarySource()
+
+
+def by_file_content(param: str, *ignored_inputs: str) -> CachePolicy:
+    inputs = INPUTS - param
+    for name in ignored_inputs:
+        inputs = inputs - name
+    return FileContent(param=param) + inputs + TASK_SOURCE + LibrarySource()
+
+
+def call_cached(task, still_valid, **kwargs):
+    """Call `task`; if its cached result names files that are gone since
+    (deleted by hand, say), run it again with the cache refreshed."""
+    result = task(**kwargs)
+    if not still_valid(result):
+        result = task.with_options(refresh_cache=True)(**kwargs)
+    return result

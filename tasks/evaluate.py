@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import dataclasses
+
+from prefect import get_run_logger, task
+
+from alexnet_pipeline.evaluate import evaluate_checkpoint
+from tasks.caching import by_file_content
+
+
+# Keyed by the checkpoint's bytes: a rewritten checkpoint is evaluated again,
+# an unchanged one never is, wherever it lives.
+@task(name="evaluate-checkpoint", cache_policy=by_file_content("checkpoint"), persist_result=True,
+      task_run_name="evaluate-{checkpoint}")
+def evaluate_checkpoint_task(checkpoint: str, dataset_dir: str, device: str, subset: int | None,
+                             batch_size: int) -> dict:
+    result = evaluate_checkpoint(checkpoint, dataset_dir, device=device, subset=subset, batch_size=batch_size)
+    get_run_logger().info("%s: test accuracy %.2f%%, loss %.4f", checkpoint, result.accuracy * 100, result.loss)
+    return dataclasses.asdict(result)

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+from alexnet_pipeline.config import config_from_dict
+from alexnet_pipeline.train import EpochStats, train_run
+from tasks.caching import ACROSS_RUNS
+
+
+@task(name="fine-tune", cache_policy=ACROSS_RUNS, persist_result=True)
+def fine_tune(config: dict, dataset_dir: str, run_dir: str) -> list[dict]:
+    """Train (or resume) and return one dict of stats per epoch, each naming
+    its checkpoint. The library resumes from the run folder's last complete
+    epoch, so a re-run after a crash redoes at most the epoch in progress."""
+    cfg = config_from_dict(config)
+    logger = get_run_logger()
+    epochs = cfg.train.epochs
+    artifact = create_progress_artifact(0.0, key="training-progress", description=f"Fine-tuning {epochs} epochs")
+
+    def report_epoch(stats: EpochStats) -> None:
+        logger.info(
+            "epoch %d/%d: train loss %.4f, train acc %.2f%%, lr %.3g, %.1f s (%.0f images/s)",
+            stats.epoch, epochs, stats.train_loss, stats.train_acc * 100, stats.lr, stats.epoch_seconds, stats.images_per_s,
+        )
+        update_progress_artifact(artifact, 100.0 * stats.epoch / epochs, description=f"epoch {stats.epoch} of {epochs} done")
+
+    history = train_run(cfg, Path(dataset_dir), Path(run_dir), on_epoch_end=report_epoch)
+    update_progress_artifact(artifact, 100.0, description=f"{epochs} epochs done")
+    return [dataclasses.asdict(h) for h in history]
+
+
+def still_valid(history: list[dict]) -> bool:
+    return all(Path(h["checkpoint"]).is_file() for h in history)
