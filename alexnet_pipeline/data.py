@@ -55,6 +55,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
         ("numpy.core.multiarray", "scalar"),
         ("numpy._core.multiarray", "scalar"),
+        # Protocol-2 pickles written by Python 3 encode bytes through this.
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str):

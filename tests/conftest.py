@@ -1,0 +1,84 @@
+"""Shared fixtures. Prefect runs under its test harness (one temporary server
+per test session), with result storage in a fresh folder per test so cache
+entries never leak between tests (the harness isolates only the database)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+
+from tests.fixtures import make_cifar_archive, make_fake_weights, make_image_folder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture
+def prefect_storage(prefect_harness, tmp_path):
+    """Use in flow tests: the harness plus a per-test result store."""
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(tmp_path / "prefect-storage")}):
+        yield tmp_path / "prefect-storage"
+
+
+@pytest.fixture(scope="session")
+def cifar_archive_dir(tmp_path_factory) -> Path:
+    """A folder holding a small cifar-10-python.tar.gz (read-only use: copy it)."""
+    folder = tmp_path_factory.mktemp("cifar-archive")
+    make_cifar_archive(folder)
+    return folder
+
+
+@pytest.fixture
+def cifar_data_dir(cifar_archive_dir, tmp_path) -> Path:
+    """A fresh data folder with the small archive in it, per test."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "cifar-10-python.tar.gz").write_bytes((cifar_archive_dir / "cifar-10-python.tar.gz").read_bytes())
+    return folder
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images")
+
+
+@pytest.fixture(scope="session")
+def fake_weights(tmp_path_factory) -> Path:
+    return make_fake_weights(tmp_path_factory.mktemp("weights") / "alexnet-fake.pth")
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `python flows/full_run.py ARGS` as a user would, in its own process
+    group; the whole group is killed afterwards, because a SIGKILLed run leaves
+    Prefect's temporary server behind (../shared/PREFECT_NOTES.md)."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    full_env.setdefault("PREFECT_HOME", str(cwd / ".prefect"))
+    for harness_var in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        full_env.pop(harness_var, None)
+    proc = subprocess.Popen([sys.executable, str(REPO / "flows" / "full_run.py"), *args], cwd=cwd, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)

@@ -1,0 +1,99 @@
+"""Generated test data: a small CIFAR-10 archive in the official pickle
+format, a small image folder, and fake torchvision-format AlexNet weights.
+
+Images carry a class-dependent colour and stripe pattern plus noise, so a
+model can learn something from a handful of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+
+CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def class_images(label: int, count: int, size: int, rng: np.random.Generator, num_classes: int = 10) -> np.ndarray:
+    """(count, size, size, 3) uint8 images whose content depends on `label`."""
+    base = np.zeros((size, size, 3), dtype=np.float64)
+    hue = label / num_classes
+    base[..., 0] = 255 * hue
+    base[..., 1] = 255 * (1 - hue)
+    base[..., 2] = 128
+    stripes = (np.arange(size) // max(1, size // (2 + label % 5))) % 2
+    base[:, :, 2] += np.where(stripes[None, :] == 1, 80, -80) if label % 2 else np.where(stripes[:, None] == 1, 80, -80)
+    noise = rng.normal(0, 25, (count, size, size, 3))
+    return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
+
+
+def _batch(images: np.ndarray, labels: list[int], name: str) -> bytes:
+    # The official batches store rows channel-major: 1024 R, 1024 G, 1024 B.
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    return pickle.dumps({
+        b"batch_label": name.encode(),
+        b"labels": labels,
+        b"data": data,
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }, protocol=2)
+
+
+def make_cifar_archive(folder: Path, train_per_class: int = 5, test_per_class: int = 2, seed: int = 0) -> Path:
+    """Write cifar-10-python.tar.gz (5 data batches, test batch, meta) into `folder`."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def split(per_class: int):
+        images = np.concatenate([class_images(c, per_class, 32, rng) for c in range(10)])
+        labels = [c for c in range(10) for _ in range(per_class)]
+        order = rng.permutation(len(labels))
+        return images[order], [labels[i] for i in order]
+
+    train_images, train_labels = split(train_per_class)
+    test_images, test_labels = split(test_per_class)
+    members = {"batches.meta": pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES],
+                                             b"num_cases_per_batch": len(train_labels) // 5, b"num_vis": 3072})}
+    for i, chunk in enumerate(np.array_split(np.arange(len(train_labels)), 5), start=1):
+        members[f"data_batch_{i}"] = _batch(train_images[chunk], [train_labels[j] for j in chunk], f"training batch {i}")
+    members["test_batch"] = _batch(test_images, test_labels, "testing batch 1")
+    archive = folder / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, payload in members.items():
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return archive
+
+
+def md5_of(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def make_image_folder(root: Path, classes=("cat", "dog", "ship"), train_per_class: int = 6, test_per_class: int = 3,
+                      size: int = 40, ext: str = ".png", seed: int = 0) -> Path:
+    """root/train/<class>/*.png and root/test/<class>/*.png."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(class_images(label, count, size, rng, num_classes=len(classes))):
+                Image.fromarray(image).save(folder / f"{i:04d}{ext}")
+    return root
+
+
+def make_fake_weights(path: Path, num_classes: int = 1000, seed: int = 0) -> Path:
+    """A torchvision-format AlexNet state_dict (random values), as torch.save writes it."""
+    import torch
+    from torchvision.models import alexnet
+
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(alexnet(weights=None, num_classes=num_classes).state_dict(), path)
+    return path
