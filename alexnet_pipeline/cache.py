@@ -55,9 +55,19 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
     return ImageArrays(**arrays, class_names=meta["class_names"], skipped_files=meta.get("skipped_files", []))
 
 
+def _write_error(final_dir: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot write the preprocessed cache under {final_dir.parent} ({exc.strerror or exc}); "
+        "free some disk space or point --cache-dir at a disk with room (entries already there are intact)"
+    )
+
+
 def _write_entry(final_dir: Path, arrays: ImageArrays, meta: dict) -> None:
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
+    try:
+        final_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
+    except OSError as exc:
+        raise _write_error(final_dir, exc) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         for name in ARRAY_NAMES:
@@ -72,10 +82,7 @@ def _write_entry(final_dir: Path, arrays: ImageArrays, meta: dict) -> None:
             shutil.rmtree(final_dir)
         os.rename(tmp, final_dir)
     except OSError as exc:
-        raise DataError(
-            f"cannot write the preprocessed cache under {final_dir.parent} ({exc.strerror or exc}); "
-            "free some disk space or point --cache-dir at a disk with room"
-        ) from None
+        raise _write_error(final_dir, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

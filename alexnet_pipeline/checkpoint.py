@@ -41,14 +41,31 @@ def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc`, if any. torch.save reports a failed write (a
+    full disk, say) as a RuntimeError from its zip writer; given a Python file
+    object, the OSError raised by f.write is kept as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def _save(obj: Any, path: Path, crash_name: str, epoch: int) -> None:
     try:
         with atomic_path(path) as tmp:
-            torch.save(obj, tmp)
+            with open(tmp, "wb") as f:
+                torch.save(obj, f)
             faults.crash_point(crash_name, epoch)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:
+        os_error = _os_error(exc)
+        if os_error is None:
+            raise
         raise CheckpointError(
-            f"cannot write {path} ({exc.strerror or exc}); earlier checkpoints are intact. "
+            f"cannot write {path} ({os_error.strerror or os_error}); earlier checkpoints are intact. "
             "Free some disk space (or use another --out) and run the same command again to resume."
         ) from None
 
@@ -87,7 +104,14 @@ def model_from_checkpoint(ckpt: dict) -> torch.nn.Module:
     from alexnet_pipeline.model import new_alexnet
 
     model = new_alexnet(len(ckpt["class_names"]))
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(
+            f"the weights in this checkpoint do not fit AlexNet with {len(ckpt['class_names'])} classes ({detail}); "
+            "it is damaged or was not written by this pipeline"
+        ) from None
     return model
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ from alexnet_pipeline.errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "presets"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+# Replaces ./runs as the parent of default run folders: point it at a
+# filesystem every worker mounts, so a run written on one GPU host can be read
+# (evaluated, compared in a sweep) from another.
+RUNS_ROOT_ENV = "ALEXNET_PIPELINE_RUNS_ROOT"
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 
@@ -89,7 +94,7 @@ class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # Run folder; None: runs/<name derived from the config>.
+    # Run folder; None: <runs root>/<name derived from the config> (see runs_root).
     out: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -108,7 +113,12 @@ class PipelineConfig:
         if self.out:
             return Path(self.out).expanduser()
         weights = self.model.weights if self.model.weights in ("imagenet", "none") else "custom"
-        return Path("runs") / f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
+        return runs_root() / f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
+
+
+def runs_root() -> Path:
+    """Parent of the default run folders: $ALEXNET_PIPELINE_RUNS_ROOT, else ./runs."""
+    return Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser()
 
 
 def _check_type(value: Any, annotation: Any, name: str) -> Any:
@@ -152,7 +162,7 @@ def _check_type(value: Any, annotation: Any, name: str) -> Any:
 
 def _build(cls: type, values: Any, prefix: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {values!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)

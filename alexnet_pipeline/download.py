@@ -11,7 +11,9 @@ and renamed only when complete (torch.hub's downloader does that).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
 import socket
 import tarfile
@@ -51,6 +53,11 @@ def ensure_cifar10(
         return batches_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise DataError(f"--data-dir {data_dir} is a file, not a folder; point it at a folder for CIFAR-10")
+    if data_dir.is_dir() and not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+        raise DataError(
+            f"the data folder {data_dir} is not readable and writable by this user; "
+            "fix its permissions or pass another --data-dir"
+        )
     archive = data_dir / ARCHIVE_NAME
     if archive.is_file():
         log.info("Using the local archive %s", archive)
@@ -77,6 +84,7 @@ def ensure_cifar10(
 def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
     import torch.hub
 
+    created = not data_dir.exists()
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -91,6 +99,9 @@ def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
         torch.hub.download_url_to_file(url, str(archive), progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
+        if created:
+            with contextlib.suppress(OSError):
+                data_dir.rmdir()  # made for the download only; leave nothing behind
         raise DataError(
             f"could not download CIFAR-10 from {url} ({reason}). "
             f"If this machine is offline, put {ARCHIVE_NAME} (from {url}) or its extracted "
@@ -98,6 +109,14 @@ def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
         ) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _refuse_unsafe_members(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:
+    # The 'data' filter strips a leading '/' and extracts the member inside
+    # the target; the official archive has no such member, so refuse it.
+    if member.name.startswith(("/", os.sep)):
+        raise tarfile.AbsolutePathError(member)
+    return tarfile.data_filter(member, dest_path)
 
 
 def _extract(archive: Path, data_dir: Path) -> None:
@@ -109,7 +128,7 @@ def _extract(archive: Path, data_dir: Path) -> None:
         try:
             with tarfile.open(archive, "r:*") as tar:
                 faults.crash_point("extract")
-                tar.extractall(tmp, filter="data")
+                tar.extractall(tmp, filter=_refuse_unsafe_members)
         except tarfile.FilterError as exc:
             raise DataError(
                 f"refusing to extract {archive}: member {exc.tarinfo.name!r} would land outside "

@@ -26,3 +26,12 @@ class CheckpointError(PipelineError):
 
 class TrainingDivergedError(PipelineError):
     pass
+
+
+class RunLockedError(PipelineError):
+    # Distinct from input errors (1) and config errors (2): retrying later can succeed.
+    exit_code = 3
+
+
+class DeviceMemoryError(PipelineError):
+    """The GPU ran out of memory: the message says which setting to lower."""

@@ -21,7 +21,7 @@ from alexnet_pipeline.cache import load_arrays, read_meta
 from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import resolve_device
-from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.errors import CheckpointError, DeviceMemoryError
 from alexnet_pipeline.transforms import BatchTransform
 
 
@@ -83,9 +83,11 @@ def test_set_on_device(dataset_dir: Path, subset: int | None, device: torch.devi
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device: str = "auto",
-                        subset: int | None = None, batch_size: int = 1000) -> EvalResult:
+                        subset: int | None = None, batch_size: int = 1000,
+                        image_size: int | None = None) -> EvalResult:
     """Rebuild the model from the checkpoint file alone and evaluate it on the
-    cached test set; refuse a checkpoint made for other classes."""
+    cached test set; refuse a checkpoint made for other classes, or for
+    another input size than `image_size` when the caller names one."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location=dev)
     faults.crash_point("evaluate", int(ckpt["epoch"]))
@@ -95,10 +97,22 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
             f"{checkpoint} was trained on {len(ckpt['class_names'])} classes ({', '.join(ckpt['class_names'][:5])}...) "
             f"but the test set has {len(class_names)} ({', '.join(class_names[:5])}...); evaluate it on the dataset it was trained on"
         )
+    if image_size is not None and int(ckpt["image_size"]) != image_size:
+        raise CheckpointError(
+            f"{checkpoint} was trained on {ckpt['image_size']}x{ckpt['image_size']} inputs, but evaluation was asked "
+            f"for {image_size}x{image_size}; evaluate it at image size {ckpt['image_size']}, or pick a checkpoint "
+            f"trained at {image_size}"
+        )
     model = model_from_checkpoint(ckpt).to(dev)
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     transform = BatchTransform(int(ckpt["image_size"]), ckpt["mean"], ckpt["std"], dev, channels_last)
-    images, labels = test_set_on_device(Path(dataset_dir), subset, dev)
-    return evaluate(model, images, labels, transform, len(class_names), batch_size)
+    try:
+        images, labels = test_set_on_device(Path(dataset_dir), subset, dev)
+        return evaluate(model, images, labels, transform, len(class_names), batch_size)
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceMemoryError(
+            f"the GPU ran out of memory evaluating {checkpoint} in batches of {batch_size}; set a smaller "
+            f"train.eval_batch_size (e.g. {max(1, batch_size // 4)}) in a --config file, or evaluate with --device cpu"
+        ) from None

@@ -5,8 +5,9 @@ Set ALEXNET_PIPELINE_CRASH_AT to a point name, optionally with a number:
     ALEXNET_PIPELINE_CRASH_AT=mid-epoch:2 python flows/full_run.py ...
 
 and the process kills itself with SIGKILL (no clean-up, no finally blocks)
-when it reaches that point. Points: download, extract, preprocess,
-mid-epoch:N, checkpoint-write:N, after-checkpoint:N, evaluate:N, report.
+when it reaches that point. N is an epoch number. The points, in the order a
+run reaches them, are listed in POINTS below; tests/test_crash_points.py
+checks that every one of them has a crash-and-resume test.
 """
 
 from __future__ import annotations
@@ -15,6 +16,18 @@ import os
 import signal
 
 ENV_VAR = "ALEXNET_PIPELINE_CRASH_AT"
+
+POINTS = {
+    "download": "before fetching the archive (no local copy in --data-dir)",
+    "extract": "with the archive open, before extracting into a temporary folder",
+    "preprocess": "after the first array of a new cache entry is written to its temporary folder",
+    "mid-epoch": "after the middle step of epoch N, before the epoch ends",
+    "checkpoint-write": "with alexnet-NN.pt written to its temporary name, before the rename",
+    "resume-write": "alexnet-NN.pt complete, resume.pt written to its temporary name, before the rename",
+    "after-checkpoint": "alexnet-NN.pt and resume.pt both complete",
+    "evaluate": "after loading checkpoint N for evaluation",
+    "report": "accuracy.csv and the figures written, report.md not yet",
+}
 
 
 def crash_point(name: str, number: int | None = None) -> None:

@@ -78,9 +78,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # torch names a blocked object as "GLOBAL module.name"; any other
+        # unpickling failure means the file is not a torch.save file at all.
+        blocked = [line.strip() for line in str(exc).splitlines() if "GLOBAL" in line]
+        if not blocked:
+            raise WeightsError(f"cannot read weights file {path} (not a torch.save file); is it a torch.save file?") from None
         raise WeightsError(
             f"refusing to load {path}: it holds objects other than tensors, which could run code "
-            f"when unpickled ({str(exc).splitlines()[0]}). Save it with torch.save(model.state_dict(), path)."
+            f"when unpickled ({blocked[0]}). Save it with torch.save(model.state_dict(), path)."
         ) from None
     except Exception as exc:  # noqa: BLE001 - any reader failure means an unreadable file
         raise WeightsError(f"cannot read weights file {path} ({type(exc).__name__}: {exc}); is it a torch.save file?") from None

@@ -101,8 +101,12 @@ def environment(device_name: str) -> dict:
 
 
 def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str], config: dict,
-                    env: dict, stage_seconds: dict[str, float], skipped_files: list[str]) -> str:
+                    env: dict, measurements: dict, skipped_files: list[str]) -> str:
     best, final = best_row(df), df.iloc[-1]
+    stage_seconds = measurements["stage_seconds"]
+    memory = [f"peak host memory (RSS) {measurements['peak_host_memory_gb']:.2f} GB"]
+    if measurements.get("peak_gpu_memory_gb") is not None:
+        memory.append(f"peak GPU memory (allocated) {measurements['peak_gpu_memory_gb']:.2f} GB")
     per_class = per_class_table(best_result, class_names)
     lines = [
         "# AlexNet accuracy report",
@@ -128,7 +132,10 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "## Time per stage (seconds, this invocation; cached stages take ~0)",
         "",
-        _markdown_table(pd.DataFrame({"stage": list(stage_seconds), "seconds": list(stage_seconds.values())})),
+        _markdown_table(pd.DataFrame({"stage": [*stage_seconds, "total"],
+                                      "seconds": [*stage_seconds.values(), sum(stage_seconds.values())]})),
+        "",
+        "Writing this report is not included (about 1-2 s). " + "; ".join(memory) + ".",
         "",
         "Training time summed over epochs (all invocations): "
         f"{df['epoch_seconds'].sum():.1f} s, mean {df['images_per_s'].mean():,.0f} images/s.",

@@ -30,10 +30,10 @@ from torch import nn
 from alexnet_pipeline import checkpoint as ckpt_io
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
-from alexnet_pipeline.config import PipelineConfig
+from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
-from alexnet_pipeline.errors import CheckpointError, ConfigError, TrainingDivergedError
+from alexnet_pipeline.errors import CheckpointError, ConfigError, DeviceMemoryError, TrainingDivergedError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, build_alexnet
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 
@@ -135,8 +135,6 @@ def train_run(
     t = cfg.train
     device = resolve_device(t.device)
     checkpoint_dir = Path(run_dir) / "checkpoints"
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_io.remove_partial_files(checkpoint_dir)
 
     arrays = load_arrays(dataset_dir)
     class_names = arrays.class_names
@@ -145,24 +143,15 @@ def train_run(
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is larger than the {len(keep)} training images; use a smaller --batch-size"
         )
-    data = DeviceDataset(arrays.train_images, arrays.train_labels, keep, device, resident_limit_bytes)
-    steps_per_epoch = math.ceil(len(keep) / t.batch_size)
-    total_steps = steps_per_epoch * t.epochs
-    lr = t.resolved_lr(cfg.model.weights)
-
+    # Created only now: a run refused above leaves no folder behind.
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_io.remove_partial_files(checkpoint_dir)
     torch.manual_seed(t.seed)
-    model = build_alexnet(len(class_names), cfg.model.weights).to(device)
+    with _out_of_memory_hint(t, "building the model"):
+        trainer = build_trainer(t, cfg.model.weights, arrays.train_images, arrays.train_labels, keep,
+                                len(class_names), device, resident_limit_bytes)
+    model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=t.weight_decay, **({"fused": True} if cuda else {}))
-    warmup_steps = int(t.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(t.schedule, step, total_steps, warmup_steps)
-    )
-    criterion = nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    transform = BatchTransform(t.image_size, IMAGENET_MEAN, IMAGENET_STD, device, channels_last=cuda)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else contextlib.nullcontext
 
     fingerprint = cfg.fingerprint()
     dataset_key = read_meta(dataset_dir)["key"]
@@ -187,10 +176,8 @@ def train_run(
     writer = CheckpointWriter()
     try:
         for epoch in range(start_epoch, t.epochs + 1):
-            stats = _train_epoch(
-                epoch, t.epochs, model, optimizer, scheduler, criterion, transform, autocast, data,
-                t.batch_size, t.seed, t.crop_padding if t.augment else None, progress,
-            )
+            with _out_of_memory_hint(t, f"epoch {epoch}"):
+                stats = trainer.train_epoch(epoch, progress)
             stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
             history.append(stats)
             resume_state = {
@@ -211,6 +198,21 @@ def train_run(
         writer.close()
     final = ckpt_io.load_resume_state(checkpoint_dir)
     return [EpochStats(**h) for h in final["history"]]
+
+
+@contextlib.contextmanager
+def _out_of_memory_hint(t: TrainConfig, where: str):
+    """Turn CUDA's out-of-memory error (a page of allocator statistics) into
+    what to change."""
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError:
+        raise DeviceMemoryError(
+            f"the GPU ran out of memory in {where} (batch size {t.batch_size}, image size {t.image_size}). "
+            f"Run again with a smaller --batch-size (e.g. --batch-size {max(1, t.batch_size // 2)}) or a smaller "
+            "--image-size (that starts a new run: both change the results). "
+            "Other processes on the same GPU (see nvidia-smi) also take its memory."
+        ) from None
 
 
 def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, optimizer, scheduler, device) -> dict:
@@ -237,59 +239,121 @@ def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, opt
     return state
 
 
-def _train_epoch(epoch, epochs, model, optimizer, scheduler, criterion, transform, autocast, data: DeviceDataset,
-                 batch_size, seed, crop_padding, progress) -> EpochStats:
-    from tqdm import tqdm
+@dataclass
+class Trainer:
+    """Everything a training step touches, built once per run. The benchmark
+    (benchmarks/throughput.py) times this same object."""
 
-    device = data.device
-    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
-    order = torch.randperm(data.count, generator=generator)
-    augmentation = Augmentation.draw(data.count, crop_padding, generator) if crop_padding is not None else None
-    # Dropout draws from the global generators: reseed them per epoch too.
-    torch.manual_seed(epoch_seed(seed, epoch) + 1)
-    model.train()
-    steps = math.ceil(data.count / batch_size)
-    loss_sum = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    seen = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{epochs}", unit="batch", disable=not progress, leave=True)
-    started = time.perf_counter()
-    for step, (images, labels, batch_positions) in enumerate(data.batches(order, batch_size)):
-        aug = augmentation.select(batch_positions, device) if augmentation is not None else None
-        inputs = transform(images, aug)
-        with autocast():
-            logits = model(inputs)
-            loss = criterion(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        # Accumulated on the device: reading them back is a sync, done rarely.
-        loss_sum += loss.detach() * labels.shape[0]
-        correct += (logits.argmax(1) == labels).sum()
-        seen += labels.shape[0]
-        if step == steps // 2:
-            faults.crash_point("mid-epoch", epoch)
-        if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
-            running_loss = loss_sum.item() / seen
-            if not math.isfinite(running_loss):
-                raise TrainingDivergedError(
-                    f"the training loss became {running_loss} in epoch {epoch} by step {step + 1} of {steps}; "
-                    f"the checkpoints of epochs before {epoch} are kept. Lower the learning rate (--lr) and run again."
-                )
-            elapsed = time.perf_counter() - started
-            bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{correct.item() / seen:.4f}", img_s=f"{seen / elapsed:,.0f}")
-        bar.update()
-    bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    seconds = time.perf_counter() - started
-    return EpochStats(
-        epoch=epoch,
-        train_loss=loss_sum.item() / seen,
-        train_acc=correct.item() / seen,
-        lr=scheduler.get_last_lr()[0],
-        epoch_seconds=round(seconds, 3),
-        images_per_s=round(seen / seconds, 1),
-        checkpoint="",
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: nn.Module
+    transform: BatchTransform
+    data: DeviceDataset
+    batch_size: int
+    epochs: int
+    seed: int
+    crop_padding: int | None  # None: no augmentation
+
+    def autocast(self):
+        if self.data.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_epoch(self, epoch: int, progress: bool = True, max_steps: int | None = None) -> EpochStats:
+        """One epoch (or its first `max_steps` steps, for benchmarks)."""
+        from tqdm import tqdm
+
+        data, device = self.data, self.data.device
+        generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        order = torch.randperm(data.count, generator=generator)
+        augmentation = (Augmentation.draw(data.count, self.crop_padding, generator)
+                        if self.crop_padding is not None else None)
+        # Dropout draws from the global generators: reseed them per epoch too.
+        torch.manual_seed(epoch_seed(self.seed, epoch) + 1)
+        self.model.train()
+        steps = math.ceil(data.count / self.batch_size)
+        if max_steps is not None:
+            steps = min(steps, max_steps)
+            order = order[: steps * self.batch_size]
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", disable=not progress)
+        started = time.perf_counter()
+        for step, (images, labels, batch_positions) in enumerate(data.batches(order, self.batch_size)):
+            aug = augmentation.select(batch_positions, device) if augmentation is not None else None
+            inputs = self.transform(images, aug)
+            with self.autocast():
+                logits = self.model(inputs)
+                loss = self.criterion(logits, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            # Accumulated on the device: reading them back is a sync, done rarely.
+            loss_sum += loss.detach() * labels.shape[0]
+            correct += (logits.argmax(1) == labels).sum()
+            seen += labels.shape[0]
+            # Before the last step whenever there are two or more: truly mid-epoch.
+            if step == (steps - 1) // 2:
+                faults.crash_point("mid-epoch", epoch)
+            if (step + 1) % SYNC_EVERY == 0 or step + 1 == steps:
+                running_loss = loss_sum.item() / seen
+                if not math.isfinite(running_loss):
+                    raise TrainingDivergedError(
+                        f"the training loss became {running_loss} in epoch {epoch} by step {step + 1} of {steps}; "
+                        f"the checkpoints of epochs before {epoch} are kept. Lower the learning rate (--lr) and run again."
+                    )
+                elapsed = time.perf_counter() - started
+                bar.set_postfix(loss=f"{running_loss:.4f}", acc=f"{correct.item() / seen:.4f}",
+                                img_s=f"{seen / elapsed:,.0f}")
+            bar.update()
+        bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - started
+        return EpochStats(
+            epoch=epoch,
+            train_loss=loss_sum.item() / seen,
+            train_acc=correct.item() / seen,
+            lr=self.scheduler.get_last_lr()[0],
+            epoch_seconds=round(seconds, 3),
+            images_per_s=round(seen / seconds, 1),
+            checkpoint="",
+        )
+
+
+def build_trainer(t: TrainConfig, weights: str, images: np.ndarray, labels: np.ndarray, keep: np.ndarray,
+                  num_classes: int, device: torch.device, resident_limit_bytes: int | None = None) -> Trainer:
+    """Model, optimizer, schedule and data on `device`; seed the global RNG
+    first when the initial weights should be reproducible."""
+    data = DeviceDataset(images, labels, keep, device, resident_limit_bytes)
+    steps_per_epoch = math.ceil(len(keep) / t.batch_size)
+    total_steps = steps_per_epoch * t.epochs
+    warmup_steps = int(t.warmup_epochs * steps_per_epoch)
+    cuda = device.type == "cuda"
+    if cuda:
+        # Input shapes are fixed: let cuDNN pick the fastest kernels once.
+        torch.backends.cudnn.benchmark = True
+    model = build_alexnet(num_classes, weights).to(device)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    # fused AdamW: one kernel for all parameters instead of several per tensor.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.resolved_lr(weights), weight_decay=t.weight_decay,
+                                  **({"fused": True} if cuda else {}))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(t.schedule, step, total_steps, warmup_steps)
+    )
+    return Trainer(
+        model=model,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        criterion=nn.CrossEntropyLoss(label_smoothing=t.label_smoothing),
+        transform=BatchTransform(t.image_size, IMAGENET_MEAN, IMAGENET_STD, device, channels_last=cuda),
+        data=data,
+        batch_size=t.batch_size,
+        epochs=t.epochs,
+        seed=t.seed,
+        crop_padding=t.crop_padding if t.augment else None,
     )

@@ -10,8 +10,15 @@ Runs on Prefect's temporary local server unless PREFECT_API_URL names one.
 
 from __future__ import annotations
 
-import argparse
-import sys
+import time
+
+# Taken before the heavy imports: the report's "start-up" stage counts them
+# and Prefect's temporary server start from here.
+_PROCESS_STARTED = time.time()
+
+import argparse  # noqa: E402
+import resource  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,7 @@ from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_config
 from alexnet_pipeline.device_data import resolve_device
 from alexnet_pipeline.errors import PipelineError
+from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.preflight import check_inputs
 from alexnet_pipeline.report import environment
 from alexnet_pipeline.timing import StageTimer
@@ -79,7 +87,18 @@ def full_run(
     params = {k: v for k, v in locals().items() if k in OVERRIDES}
     cfg = config_for(preset, config_file, **params)
     config, run_dir = cfg.to_dict(), str(cfg.run_dir().resolve())
+    # One run per run folder: two would overwrite each other's checkpoints.
+    with run_folder_lock(run_dir):
+        return _run_stages(cfg, config, run_dir)
+
+
+def _run_stages(cfg: PipelineConfig, config: dict, run_dir: str) -> dict:
+    """full_run's stages in order, called while the run folder is locked."""
     timer = StageTimer()
+    global _PROCESS_STARTED
+    if _PROCESS_STARTED is not None:  # only the process's first flow run paid for start-up
+        timer.seconds["start-up"] = round(time.time() - _PROCESS_STARTED, 3)
+        _PROCESS_STARTED = None
     with timer.stage("download"):
         source_dir = None
         if cfg.data.dataset == "cifar10":
@@ -100,12 +119,24 @@ def full_run(
     paths = call_cached(
         report.write_report, report.still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
         class_names=meta["class_names"], config=config, env=environment(_device_name(cfg.train.device)),
-        stage_seconds=timer.seconds, skipped_files=meta.get("skipped_files", []),
+        measurements=_measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
     )
     accuracies = [e["accuracy"] for e in evaluations]
     best = max(range(len(accuracies)), key=accuracies.__getitem__)
     return {"run_dir": run_dir, "best_epoch": history[best]["epoch"], "best_test_acc": accuracies[best],
             "final_test_acc": accuracies[-1], **paths}
+
+
+def _measurements(stage_seconds: dict[str, float], device: str) -> dict:
+    import torch
+
+    gpu = resolve_device(device).type == "cuda"
+    return {
+        "stage_seconds": stage_seconds,
+        # ru_maxrss is in KiB on Linux.
+        "peak_host_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if gpu else None,
+    }
 
 
 def _device_name(name: str) -> str:
@@ -146,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         # Everything that can be checked cheaply is checked before Prefect starts.
         cfg = config_for(preset, config_file, **params)
         check_inputs(cfg)
+        check_not_locked(cfg.run_dir())
         result = full_run(preset=preset, config_file=config_file, **params)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -30,16 +30,17 @@ def _save_figure(fig, path: Path) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
-# Timings differ on every invocation; leaving them out of the key keeps a
-# finished run's report a cache hit (it then shows the run that made it).
-@task(name="write-report", cache_policy=ACROSS_RUNS - "stage_seconds", persist_result=True)
+# Timings and memory peaks differ on every invocation; leaving them out of the
+# key keeps a finished run's report a cache hit (it then shows the run that made it).
+@task(name="write-report", cache_policy=ACROSS_RUNS - "measurements", persist_result=True)
 def write_report(run_dir: str, history: list[dict], evaluations: list[dict], class_names: list[str], config: dict,
-                 env: dict, stage_seconds: dict[str, float], skipped_files: list[str]) -> dict[str, str]:
+                 env: dict, measurements: dict, skipped_files: list[str]) -> dict[str, str]:
+    """`measurements`: {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""
     out = Path(run_dir)
     df = epoch_table(history, evaluations)
     best_index = int(best_row(df).name)
     best_result = evaluations[[h["epoch"] for h in history].index(int(df.loc[best_index, "epoch"]))]
-    markdown = report_markdown(df, best_result, class_names, config, env, stage_seconds, skipped_files)
+    markdown = report_markdown(df, best_result, class_names, config, env, measurements, skipped_files)
     atomic_write_text(out / "accuracy.csv", df.to_csv(index=False))
     _save_figure(accuracy_figure(df), out / "accuracy.png")
     _save_figure(confusion_figure(best_result["confusion"], class_names,

@@ -1,0 +1,130 @@
+"""One run at a time per run folder.
+
+    from alexnet_pipeline.lock import run_folder_lock
+    with run_folder_lock(run_dir):
+        ...  # train, evaluate, write the report
+
+The lock is ``fcntl.flock`` on ``RUN_DIR/.lock``. The kernel drops it when the
+holding process ends, however it ends (kill -9, OOM killer, preemption), so a
+crashed run never leaves it stuck: the next run simply takes it. The file
+also names the holder (pid, host, start time) for the refusal message only;
+it is never used to decide anything. Needs a filesystem with working flock
+(local disks, and NFS on Linux, where flock maps to POSIX locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from alexnet_pipeline.errors import RunLockedError
+
+LOCK_NAME = ".lock"
+
+
+def _holder_text() -> str:
+    return json.dumps({
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+    })
+
+
+def _describe_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0).decode() or "{}")
+    except (OSError, ValueError):
+        info = {}
+    if not isinstance(info, dict) or "pid" not in info:
+        return "another process"
+    return f"process {info['pid']} on {info.get('host', '?')} (started {info.get('started', '?')})"
+
+
+def _refusal(run_dir: Path, fd: int) -> RunLockedError:
+    return RunLockedError(
+        f"another run is already writing to {run_dir}: {_describe_holder(fd)} holds {run_dir / LOCK_NAME}. "
+        "Wait for it to finish, or pass a different --out to run both. "
+        "(A run that was killed releases the lock by itself; nothing needs deleting.)"
+    )
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: str | Path) -> Iterator[Path]:
+    """Hold the run folder's lock for the duration of the block, or raise
+    RunLockedError at once if another live process holds it.
+
+    A run folder created here and still empty at the end (the run failed
+    before writing anything) is removed again, so a refused input leaves no
+    trace."""
+    run_dir = Path(run_dir)
+    # The folders this call creates (run_dir and missing parents, e.g. runs/).
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunLockedError(f"cannot create the run folder {run_dir} ({exc.strerror}); pass another --out") from None
+    path = run_dir / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        if not _try_flock(fd):
+            error = _refusal(run_dir, fd)
+            os.close(fd)
+            raise error
+        # The previous holder unlinks the file when it finishes; if that
+        # happened between our open and our flock, we locked a file nobody
+        # else will ever open again: start over with the new one.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _holder_text().encode(), 0)
+        yield path
+    finally:
+        # Unlink while still holding the lock (see the inode check above).
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        for folder in created:  # innermost first; rmdir fails (and stops) on one not empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def check_not_locked(run_dir: str | Path) -> None:
+    """Raise RunLockedError if a live process holds the run folder's lock.
+    A quick look for the command line, before minutes of start-up; the run
+    itself still takes the lock (another run may start in between)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return  # no lock file (or no folder): nobody holds it
+    try:
+        if not _try_flock(fd):
+            raise _refusal(Path(run_dir), fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

@@ -1,0 +1,107 @@
+"""A hyperparameter sweep as data: the list of trials, one summary row per
+trial and the comparison figure. Launching the trials is flows/sweep.py's job.
+
+    trials = expand_trials(grid={"lr": [1e-4, 3e-4], "batch_size": [64, 128]}, base={"preset": "smoke"})
+    table = sweep_table(rows, param_keys(trials))
+    fig = sweep_figure({"lr=0.0001": accuracy_curve("runs/sweeps/x/trial-01"), ...})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alexnet_pipeline.errors import ConfigError
+from alexnet_pipeline.report import best_row
+
+RESULT_COLUMNS = ["best_epoch", "best_test_acc", "final_test_acc", "epochs_done", "wall_seconds", "started_at",
+                  "ended_at", "run_dir", "flow_run_name", "flow_run_id", "error"]
+
+
+def expand_trials(trials: list[dict] | None = None, grid: dict[str, list] | None = None,
+                  base: dict | None = None) -> list[dict[str, Any]]:
+    """Explicit `trials`, then every combination of `grid`'s values (first key
+    varies slowest); `base` fills in what a trial does not set."""
+    planned = [dict(t) for t in trials or []]
+    for i, trial in enumerate(planned):
+        if not isinstance(trial, dict):
+            raise ConfigError(f"trials[{i}]: expected a mapping of parameters, got {trial!r}")
+    if grid:
+        for key, values in grid.items():
+            if not isinstance(values, list) or not values:
+                raise ConfigError(f"grid.{key}: expected a non-empty list of values, got {values!r}")
+        keys = list(grid)
+        planned += [dict(zip(keys, combo)) for combo in itertools.product(*(grid[k] for k in keys))]
+    if not planned:
+        raise ConfigError("sweep: no trials; give trials (a list of parameter sets) and/or grid (parameter -> values)")
+    return [{**(base or {}), **trial} for trial in planned]
+
+
+def param_keys(trials: list[dict]) -> list[str]:
+    """Every parameter any trial sets, in order of first appearance."""
+    return list(dict.fromkeys(k for t in trials for k in t))
+
+
+def varying_keys(trials: list[dict]) -> list[str]:
+    return [k for k in param_keys(trials) if len({json.dumps(t.get(k), sort_keys=True) for t in trials}) > 1]
+
+
+def trial_label(params: dict, keys: list[str]) -> str:
+    return ", ".join(f"{k}={params.get(k)}" for k in keys) or "trial"
+
+
+def sweep_id(trials: list[dict]) -> str:
+    """Same trials, same id: re-running a sweep reuses (and resumes) its folders."""
+    return hashlib.sha256(json.dumps(trials, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def default_sweep_dir(runs_root: Path, trials: list[dict]) -> Path:
+    return Path(runs_root) / "sweeps" / f"sweep-{sweep_id(trials)}"
+
+
+def accuracy_curve(run_dir: str | Path) -> pd.DataFrame:
+    """The run's accuracy.csv (written by the full_run report)."""
+    path = Path(run_dir) / "accuracy.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run did not write its report, "
+                                "or it wrote it on a disk this machine does not see")
+    return pd.read_csv(path)
+
+
+def run_summary(curve: pd.DataFrame) -> dict[str, Any]:
+    best = best_row(curve)
+    return {"best_epoch": int(best["epoch"]), "best_test_acc": float(best["test_acc"]),
+            "final_test_acc": float(curve["test_acc"].iloc[-1]), "epochs_done": len(curve)}
+
+
+def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:
+    """One row per trial: number, state, parameters, then results."""
+    columns = ["trial", "state", *keys, *RESULT_COLUMNS]
+    table = pd.DataFrame([{**row.get("params", {}), **row} for row in rows])
+    return table.reindex(columns=columns)
+
+
+def sweep_figure(curves: dict[str, pd.DataFrame]):
+    """Test accuracy against epoch, one line per trial."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for label, curve in curves.items():
+        ax.plot(curve["epoch"], curve["test_acc"] * 100, "o-", label=label)
+    if not curves:
+        ax.text(0.5, 0.5, "no trial completed", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Sweep: test accuracy per epoch")
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

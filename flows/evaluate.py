@@ -1,0 +1,114 @@
+"""Evaluate every checkpoint of an existing run folder and regenerate its
+report (accuracy.csv, accuracy.png, confusion.png, report.md). It needs only
+the folder: each checkpoint carries its config, which says where the data is.
+
+    python flows/evaluate.py runs/cifar10-none-e2-0123456789
+    python flows/evaluate.py                   # the run trained most recently
+    python flows/evaluate.py RUN_DIR --data-dir /mnt/data --device cuda   # data elsewhere on this host
+
+Evaluations are cached by checkpoint content: only new or changed checkpoints
+are evaluated again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+from prefect import flow, unmapped
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from alexnet_pipeline.cache import read_meta
+from alexnet_pipeline.config import config_from_dict, runs_root
+from alexnet_pipeline.errors import PipelineError
+from alexnet_pipeline.report import environment
+from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
+from alexnet_pipeline.timing import StageTimer
+from flows.full_run import _device_name, _measurements
+from tasks import download, preprocess, report
+from tasks.caching import call_cached
+from tasks.checkpoint_info import describe_checkpoint
+from tasks.evaluate import evaluate_checkpoint_task
+
+
+def local_config(config: dict, data_dir: str | None, cache_dir: str | None, device: str | None) -> dict:
+    """The training config, with where the data is and which device to use
+    on this machine (none of which changes the results)."""
+    local = copy.deepcopy(config)
+    for section, key, value in (("data", "data_dir", data_dir), ("data", "cache_dir", cache_dir), ("train", "device", device)):
+        if value is not None:
+            local[section][key] = value
+    return local
+
+
+@flow(name="evaluate-latest", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+def evaluate_latest(
+    run_dir: str | None = None,
+    data_dir: str | None = None,
+    cache_dir: str | None = None,
+    device: str | None = None,
+) -> dict:
+    """Evaluate the checkpoints of `run_dir` (default: the newest run under the
+    runs root) and rewrite its report; returns the best and final accuracy and
+    the report's file paths."""
+    run_path = (Path(run_dir).expanduser() if run_dir else latest_run_dir(runs_root())).resolve()
+    checkpoints = [str(p) for p in run_checkpoints(run_path)]
+    timer = StageTimer()
+    with timer.stage("read checkpoints"):
+        described = describe_checkpoint.map(checkpoints).result()
+    config = described[-1]["config"]
+    cfg = config_from_dict(local_config(config, data_dir, cache_dir, device))
+    with timer.stage("download"):
+        source_dir = None
+        if cfg.data.dataset == "cifar10":
+            source_dir = call_cached(download.download_cifar10, download.still_valid, data_dir=cfg.data.data_dir,
+                                     url=cfg.data.url, md5=cfg.data.md5, verify=cfg.data.verify)
+    with timer.stage("preprocess"):
+        image_folder = cfg.data.data_dir if cfg.data.dataset == "imagefolder" else None
+        dataset_dir = call_cached(preprocess.preprocess_data, preprocess.still_valid, config=cfg.to_dict(),
+                                  source_dir=source_dir, image_folder=image_folder)
+    with timer.stage("evaluate"):
+        evaluations = evaluate_checkpoint_task.map(
+            checkpoints, dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
+            subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
+        ).result()
+    # The paths recorded at training time may be another machine's; these are this one's.
+    history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
+    meta = read_meta(dataset_dir)
+    paths = call_cached(
+        report.write_report, report.still_valid, run_dir=str(run_path), history=history, evaluations=evaluations,
+        class_names=meta["class_names"], config=config, env=environment(_device_name(cfg.train.device)),
+        measurements=_measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
+    )
+    accuracies = [e["accuracy"] for e in evaluations]
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    return {"run_dir": str(run_path), "epochs": len(checkpoints), "best_epoch": history[best]["epoch"],
+            "best_test_acc": accuracies[best], "final_test_acc": accuracies[-1], **paths}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", help="run folder (default: the newest under $ALEXNET_PIPELINE_RUNS_ROOT or runs/)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the dataset is on this machine, if not where it was trained")
+    p.add_argument("--cache-dir", metavar="DIR", help="where preprocessed arrays are cached on this machine")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    try:
+        result = evaluate_latest(**args)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"\n{result['epochs']} checkpoints: best test accuracy {result['best_test_acc'] * 100:.2f}% "
+          f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\nreport: {result['report.md']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""A hyperparameter sweep: every trial is its own run of the full_run
+deployment, so each lands on whichever worker of the work pool is free (one
+worker per GPU). Waits for all, then writes sweep.csv and sweep.png.
+
+    python flows/sweep.py --set preset=smoke --grid lr=1e-4,3e-4 --grid seed=0,1
+    python flows/sweep.py --file sweep.yaml        # keys: trials, grid, base, out
+
+Needs a Prefect server with the deployments of deployments/prefect.yaml and at
+least one worker (docs/deployments.md); PREFECT_API_URL names the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from alexnet_pipeline.config import load_yaml, runs_root
+from alexnet_pipeline.errors import ConfigError, PipelineError
+from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
+from flows.full_run import OVERRIDES, config_for
+from tasks.sweep import run_trial, write_sweep_report
+
+TRIAL_DEPLOYMENT = "full-run/on-demand"
+FULL_RUN_PARAMETERS = {"preset", "config_file", *OVERRIDES}
+
+
+def check_trial(index: int, params: dict) -> None:
+    """Reject a bad trial before any is launched, naming it. The device is
+    checked where the trial runs: this machine may have no GPU."""
+    unknown = sorted(set(params) - FULL_RUN_PARAMETERS)
+    if unknown:
+        raise ConfigError(f"trial {index}: unknown parameter {unknown[0]!r}; "
+                          f"full_run takes {', '.join(sorted(FULL_RUN_PARAMETERS))}")
+    rest = {k: v for k, v in params.items() if k not in ("preset", "config_file")}
+    try:
+        config_for(params.get("preset", "default"), params.get("config_file"), **{**rest, "device": "cpu"})
+    except ConfigError as exc:
+        raise ConfigError(f"trial {index}: {exc}") from None
+
+
+# The threads only wait on flow runs that execute elsewhere, so there is one
+# per trial (up to 64) rather than one per core.
+@flow(name="sweep", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=64))
+def sweep(
+    trials: list[dict] | None = None,
+    grid: dict[str, list] | None = None,
+    base: dict | None = None,
+    out: str | None = None,
+    deployment: str = TRIAL_DEPLOYMENT,
+    trial_timeout_s: float | None = None,
+    poll_interval_s: float = 10.0,
+) -> dict:
+    """Run every trial (explicit `trials`, then the combinations of `grid`,
+    each on top of `base`) as a run of `deployment`, concurrently; compare them.
+    Returns the sweep folder, the paths of sweep.csv and sweep.png, and the rows."""
+    planned = expand_trials(trials, grid, base)
+    for index, params in enumerate(planned, start=1):
+        check_trial(index, params)
+    # Absolute, because the trials write there from other machines: a shared
+    # filesystem mounted at the same path everywhere (docs/deployments.md).
+    sweep_dir = (Path(out).expanduser() if out else default_sweep_dir(runs_root(), planned)).resolve()
+    launched = [{**params, "out": params.get("out") or str(sweep_dir / f"trial-{index:02d}")}
+                for index, params in enumerate(planned, start=1)]
+    futures = [
+        run_trial.submit(deployment, index, params, trial_timeout_s, poll_interval_s,
+                         run_name=f"{flow_run.get_name()}-trial-{index:02d}",
+                         idempotency_key=f"{flow_run.get_id()}-trial-{index}")
+        for index, params in enumerate(launched, start=1)
+    ]
+    rows = [future.result() for future in futures]
+    paths = write_sweep_report(str(sweep_dir), rows, param_keys(planned), varying_keys(planned))
+    failed = [row for row in rows if row["state"] != "Completed"]
+    if len(failed) == len(rows):
+        raise RuntimeError(f"all {len(rows)} trials failed; see {paths['sweep.csv']} (first error: {failed[0]['error']})")
+    return {"sweep_dir": str(sweep_dir), **paths, "failed": len(failed), "trials": rows}
+
+
+def _value(text: str):
+    """Command-line value: int, float, true/false, else the string ("none"
+    stays a string: it is a value of weights)."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", metavar="YAML", help="trials, grid, base and out, as YAML")
+    p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2",
+                   help="a full_run parameter and its values; repeat for a grid")
+    p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="a full_run parameter shared by every trial")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
+    p.add_argument("--deployment", default=TRIAL_DEPLOYMENT, help=f"deployment each trial runs (default: {TRIAL_DEPLOYMENT})")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="give up waiting on a trial after this long")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    args = parse_args(argv)
+    spec = load_yaml(Path(args.file)) if args.file else {}
+    unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
+    if unknown:
+        print(f"error: {args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out", file=sys.stderr)
+        return 2
+    grid = {**(spec.get("grid") or {}), **{k: [_value(v) for v in values.split(",")] for k, values in args.grid}}
+    base = {**(spec.get("base") or {}), **{k: _value(v) for k, v in args.set}}
+    if not PREFECT_API_URL.value():
+        print("error: a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
+              "(see docs/deployments.md)", file=sys.stderr)
+        return 2
+    try:
+        result = sweep(trials=spec.get("trials"), grid=grid or None, base=base or None, out=args.out or spec.get("out"),
+                       deployment=args.deployment, trial_timeout_s=args.trial_timeout)
+    except PipelineError as exc:
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except RuntimeError as exc:  # every trial failed; the report says why
+        print(f"\nerror: {exc}", file=sys.stderr)
+        return 1
+    print(f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\n"
+          f"report: {result['sweep.csv']}, {result['sweep.png']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

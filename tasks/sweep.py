@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.deployments import run_deployment
+
+from alexnet_pipeline.files import atomic_path, atomic_write_text
+from alexnet_pipeline.sweep import accuracy_curve, run_summary, sweep_figure, sweep_table, trial_label
+
+
+# Never cached: a trial is a request to the work pool, and its outcome lives in
+# the flow run it starts. The idempotency key stops a retried sweep run from
+# launching the same trial twice.
+@task(name="run-trial", task_run_name="trial-{index}", cache_policy=NO_CACHE)
+def run_trial(deployment: str, index: int, params: dict, timeout_s: float | None, poll_interval_s: float,
+              run_name: str, idempotency_key: str) -> dict:
+    """Start one run of `deployment` on whichever worker is free, wait for it,
+    and return its row of the sweep table (failures included, never raised)."""
+    logger = get_run_logger()
+    row = {"trial": index, "params": params, "run_dir": params["out"], "state": "NotStarted", "error": ""}
+    try:
+        flow_run = run_deployment(deployment, parameters=params, timeout=timeout_s, poll_interval=poll_interval_s,
+                                  flow_run_name=run_name, idempotency_key=idempotency_key)
+    except Exception as exc:  # noqa: BLE001 - no such deployment, server gone: the trial failed, the sweep goes on
+        row["error"] = f"{type(exc).__name__}: {exc}"
+        logger.error("trial %d could not be started: %s", index, row["error"])
+        return row
+    state = flow_run.state
+    row.update(state=state.name if state else "Unknown", flow_run_id=str(flow_run.id), flow_run_name=flow_run.name)
+    if flow_run.start_time:
+        row["started_at"] = flow_run.start_time.isoformat()
+    if flow_run.end_time:
+        row["ended_at"] = flow_run.end_time.isoformat()
+    if flow_run.start_time and flow_run.end_time:
+        row["wall_seconds"] = round((flow_run.end_time - flow_run.start_time).total_seconds(), 1)
+    if state is None or not state.is_completed():
+        final = state is not None and state.is_final()
+        row["error"] = (state.message if final and state.message else
+                        f"not finished after {timeout_s} s (still {row['state']}); it may yet complete")
+        logger.error("trial %d (%s): %s", index, row["state"], row["error"])
+        return row
+    try:
+        row.update(run_summary(accuracy_curve(params["out"])))
+    except (OSError, ValueError, KeyError) as exc:
+        row.update(state="NoReport", error=f"{type(exc).__name__}: {exc}")
+        return row
+    logger.info("trial %d: best test accuracy %.2f%% (epoch %d), final %.2f%%, %s s",
+                index, row["best_test_acc"] * 100, row["best_epoch"], row["final_test_acc"] * 100, row.get("wall_seconds"))
+    return row
+
+
+@task(name="write-sweep-report", cache_policy=NO_CACHE)
+def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_keys: list[str]) -> dict[str, str]:
+    out = Path(sweep_dir)
+    table = sweep_table(rows, keys)
+    curves = {f"{row['trial']}: {trial_label(row['params'], label_keys)}": accuracy_curve(row["run_dir"])
+              for row in rows if row["state"] == "Completed"}
+    atomic_write_text(out / "sweep.csv", table.to_csv(index=False))
+    fig = sweep_figure(curves)
+    with atomic_path(out / "sweep.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    create_table_artifact(table.fillna("").to_dict(orient="records"), key="sweep-results",
+                          description=f"{sweep_dir}: one row per trial")
+    return {"sweep.csv": str(out / "sweep.csv"), "sweep.png": str(out / "sweep.png")}

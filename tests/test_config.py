@@ -1,0 +1,223 @@
+"""Config: presets, precedence, strict keys and types, impossible values, and
+the command line's exit codes for them (no traceback, the field named)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from alexnet_pipeline.config import (
+    MIN_ALEXNET_IMAGE_SIZE,
+    config_from_dict,
+    preset_names,
+    resolve_config,
+)
+from alexnet_pipeline.errors import ConfigError
+from tests.conftest import run_cli
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+# --- presets and precedence -----------------------------------------------------
+
+
+def test_presets_exist_and_resolve():
+    assert {"default", "seed", "smoke"} <= set(preset_names())
+    for name in preset_names():
+        cfg = resolve_config(name)
+        assert cfg.train.image_size >= MIN_ALEXNET_IMAGE_SIZE
+
+
+def test_seed_preset_is_the_tutorial_recipe():
+    t = resolve_config("seed").train
+    assert (t.lr, t.batch_size, t.epochs, t.image_size) == (1e-5, 128, 30, 224)
+    assert t.augment is False and t.label_smoothing == 0.0 and t.schedule == "constant"
+    assert resolve_config("seed").model.weights == "imagenet"
+
+
+def test_smoke_preset_needs_no_download_of_weights():
+    cfg = resolve_config("smoke")
+    assert cfg.model.weights == "none"
+    assert cfg.train.image_size < 224 and cfg.data.subset is not None
+
+
+def test_precedence_preset_then_file_then_overrides(tmp_path):
+    file = write_yaml(tmp_path / "c.yaml", "train:\n  epochs: 5\n  batch_size: 7\ndata:\n  subset: 100\n")
+    cfg = resolve_config("smoke", file, {"train.epochs": 9, "train.seed": None})
+    assert cfg.train.epochs == 9  # flag beats file
+    assert cfg.train.batch_size == 7  # file beats preset (smoke says 50)
+    assert cfg.data.subset == 100
+    assert cfg.train.image_size == 64  # preset beats the dataclass default (224)
+    assert cfg.train.seed == 0  # an override of None means "not given"
+
+
+def test_float_field_accepts_an_integer_and_roundtrips(tmp_path):
+    cfg = resolve_config("default", overrides={"train.lr": 1, "train.epochs": 3})
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    again = config_from_dict(cfg.to_dict())
+    assert again == cfg
+
+
+def test_default_lr_follows_weights_and_batch_size():
+    t = resolve_config("default", overrides={"train.batch_size": 128}).train
+    assert t.lr is None
+    assert t.resolved_lr("none") == pytest.approx(3e-4 / 2)
+    assert t.resolved_lr("imagenet") == pytest.approx(1e-4 / 2)
+    assert resolve_config("seed").train.resolved_lr("imagenet") == 1e-5
+
+
+def test_run_folder_follows_from_the_config(monkeypatch, tmp_path):
+    monkeypatch.delenv("ALEXNET_PIPELINE_RUNS_ROOT", raising=False)
+    a = resolve_config("smoke", overrides={"data.data_dir": "/somewhere"})
+    b = resolve_config("smoke", overrides={"data.data_dir": "/elsewhere", "data.cache_dir": "/cache"})
+    c = resolve_config("smoke", overrides={"train.epochs": 4})
+    d = resolve_config("smoke", overrides={"train.seed": 1})
+    # Same results -> same folder, so re-running a command resumes it.
+    assert a.run_dir() == b.run_dir()
+    assert a.run_dir().parts[0] == "runs"
+    assert len({a.run_dir(), c.run_dir(), d.run_dir()}) == 3
+    assert resolve_config("smoke", overrides={"out": str(tmp_path / "x")}).run_dir() == tmp_path / "x"
+
+
+# --- rejected configs: the message names the field ----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"train.epochs": 0}, "train.epochs"),
+        ({"train.epochs": -3}, "train.epochs"),
+        ({"train.lr": 0.0}, "train.lr"),
+        ({"train.lr": -1e-4}, "train.lr"),
+        ({"train.batch_size": 0}, "train.batch_size"),
+        ({"train.image_size": MIN_ALEXNET_IMAGE_SIZE - 1}, "train.image_size"),
+        ({"train.image_size": 32}, "train.image_size"),
+        ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
+        ({"data.subset": 0}, "data.subset"),
+        ({"train.epochs": "two"}, "train.epochs"),
+        ({"train.epochs": 2.5}, "train.epochs"),
+        ({"train.epochs": True}, "train.epochs"),
+        ({"train.augment": "yes"}, "train.augment"),
+        ({"train.lr": "fast"}, "train.lr"),
+        ({"data.dataset": "mnist"}, "data.dataset"),
+        ({"train.device": "tpu"}, "train.device"),
+        ({"train.schedule": "linear"}, "train.schedule"),
+    ],
+)
+def test_bad_values_are_rejected_naming_the_field(overrides, field):
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", overrides=overrides)
+    assert str(err.value).startswith(field + ":"), str(err.value)
+
+
+def test_smallest_alexnet_image_size_is_accepted():
+    assert resolve_config("default", overrides={"train.image_size": MIN_ALEXNET_IMAGE_SIZE}).train.image_size == 63
+    with pytest.raises(ConfigError, match="at least 63"):
+        resolve_config("default", overrides={"train.image_size": 62})
+
+
+def test_unknown_keys_are_rejected(tmp_path):
+    typo = write_yaml(tmp_path / "typo.yaml", "train:\n  epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown config key train\.epoch\b") as err:
+        resolve_config("default", typo)
+    assert "epochs" in str(err.value)  # the known keys are listed
+    section = write_yaml(tmp_path / "section.yaml", "optimizer:\n  lr: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown config key optimizer"):
+        resolve_config("default", section)
+    with pytest.raises(ConfigError, match=r"data\.urls"):
+        resolve_config("default", overrides={"data.urls": "x"})
+
+
+def test_section_must_be_a_mapping(tmp_path):
+    bad = write_yaml(tmp_path / "flat.yaml", "train: 5\n")
+    with pytest.raises(ConfigError, match=r"^train: expected a mapping"):
+        resolve_config("default", bad)
+    top = write_yaml(tmp_path / "list.yaml", "- a\n- b\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        resolve_config("default", top)
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", "train:\n  epochs: 3\n  lr: [0.1\n  seed: 1\ndata:\n  subset: 5\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", bad)
+    message = str(err.value)
+    assert "malformed YAML" in message and str(bad) in message
+    assert "line 4" in message or "line 5" in message, message
+
+
+def test_missing_config_file_and_unknown_preset(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        resolve_config("default", tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="unknown preset 'tiny'"):
+        resolve_config("tiny")
+
+
+def test_empty_yaml_file_changes_nothing(tmp_path):
+    empty = write_yaml(tmp_path / "empty.yaml", "# nothing\n")
+    assert resolve_config("smoke", empty) == resolve_config("smoke")
+
+
+# --- the command line: errors before any work, exit codes, no traceback --------------
+
+
+def _main(argv, capsys):
+    from flows.full_run import main
+
+    code = main(argv)
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--epochs", "0"], "train.epochs"),
+        (["--lr", "0"], "train.lr"),
+        (["--lr", "-0.5"], "train.lr"),
+        (["--image-size", "62"], "train.image_size"),
+        (["--subset", "0"], "data.subset"),
+        (["--batch-size", "0"], "train.batch_size"),
+    ],
+)
+def test_cli_rejects_bad_values_with_exit_code_2(argv, field, capsys, tmp_path):
+    code, err = _main(["--weights", "none", "--out", str(tmp_path / "run"), *argv], capsys)
+    assert code == 2
+    assert f"error: {field}:" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()  # rejected before any work
+
+
+def test_cli_missing_weights_file_fails_before_prefect_starts(capsys, tmp_path):
+    code, err = _main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "run")], capsys)
+    assert code == 1
+    assert "missing.pth: no such file" in err and "'none'" in err
+
+
+def test_cli_malformed_config_file(capsys, tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", "train:\n  epochs: 2\n   lr: 1\n")
+    code, err = _main(["--config", str(bad)], capsys)
+    assert code == 2
+    assert "malformed YAML" in err and "line 3" in err
+
+
+def test_cli_wrong_type_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _main(["--epochs", "two"], capsys)
+    assert exit_info.value.code == 2
+    assert "--epochs: invalid int value" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_process_exit_code_and_no_traceback(tmp_path):
+    """The real process: `sys.exit(main())` turns the error into the exit code."""
+    unknown = write_yaml(tmp_path / "unknown.yaml", "train:\n  epochs: 2\n  learning_rate: 0.1\n")
+    result = run_cli(["--config", str(unknown), "--weights", "none"], cwd=tmp_path, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "unknown config key train.learning_rate" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()

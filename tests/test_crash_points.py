@@ -1,0 +1,320 @@
+"""Crash anywhere, resume with nothing lost (issue 4).
+
+For every fault point in alexnet_pipeline.faults.POINTS: the command is run
+with ALEXNET_PIPELINE_CRASH_AT set, so the process SIGKILLs itself there, then
+the same command is run again; it must end with the same accuracy.csv numbers
+and the same final weights as one uninterrupted run (CPU, fixed seed), keep
+the checkpoints that were complete, and never read a partial file. Damaged
+checkpoints (truncated, bytes changed) must be found by their recorded hash
+and redone with a warning.
+
+    pytest tests/test_crash_points.py -m slow       # about 6-8 minutes on 2 CPUs
+
+Every run goes through the real command line. To keep the matrix affordable,
+the runs share one Prefect server started for this module (as a user would
+with PREFECT_API_URL) instead of each starting the temporary one (~8 s each);
+tests/test_bad_inputs.py covers the temporary-server path. Each run
+"downloads" the small generated archive from a file:// URL, so the download
+point is reached, and the checksum check stays on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from alexnet_pipeline import faults
+from alexnet_pipeline.checkpoint import RESUME_NAME
+from alexnet_pipeline.files import md5_file, sha256_file
+from alexnet_pipeline.lock import LOCK_NAME
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 2
+# Crash point -> the epoch N it is armed for (None: a point without a number).
+# Epoch 2 where resuming from epoch 1's state is the interesting part.
+CASES = {
+    "download": None,
+    "extract": None,
+    "preprocess": None,
+    "mid-epoch": 2,
+    "checkpoint-write": 2,
+    "resume-write": 2,
+    "after-checkpoint": 1,
+    "evaluate": 2,
+    "report": None,
+}
+# Epoch checkpoints complete (and hash-verified) when the run is killed: the
+# re-run must not rewrite them.
+KEPT = {"mid-epoch": {1}, "checkpoint-write": {1}, "resume-write": {1}, "after-checkpoint": {1},
+        "evaluate": {1, 2}, "report": {1, 2}}
+NUMBERS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+
+
+def test_every_fault_point_has_a_crash_test():
+    assert set(CASES) == set(faults.POINTS)
+
+
+# --- fixtures -------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prefect_home(tmp_path_factory):
+    """A PREFECT_HOME whose profile points at a Prefect server started here."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for name in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(name, None)
+    log = open(home / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        (home / "profiles.toml").write_text(f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{url}"\n')
+        yield home
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def run_config(cifar_archive_dir, tmp_path_factory) -> Path:
+    """A --config that fetches the small archive from a file:// URL, with its
+    real MD5, so each run goes through download and verification."""
+    archive = cifar_archive_dir / "cifar-10-python.tar.gz"
+    config = tmp_path_factory.mktemp("config") / "crash.yaml"
+    config.write_text(f"data:\n  url: {archive.as_uri()}\n  md5: {md5_file(archive)}\n")
+    return config
+
+
+class Pipeline:
+    """The one command of this module, run into `root`/data and `root`/run."""
+
+    def __init__(self, root: Path, config: Path, prefect_home: Path):
+        self.root, self.config, self.prefect_home = root, config, prefect_home
+        self.data, self.out = root / "data", root / "run"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    def run(self, crash_at: str | None = None, out: Path | None = None) -> subprocess.CompletedProcess:
+        env = {"PREFECT_HOME": str(self.prefect_home)}
+        if crash_at:
+            env[faults.ENV_VAR] = crash_at
+        else:
+            env[faults.ENV_VAR] = ""
+        args = ["--config", str(self.config), "--dataset", "cifar10", "--data-dir", str(self.data),
+                "--weights", "none", "--epochs", str(EPOCHS), "--batch-size", "25", "--lr", "0.001",
+                "--image-size", "64", "--device", "cpu", "--seed", "0", "--out", str(out or self.out)]
+        return run_cli(args, cwd=self.root, env=env)
+
+    def complete(self, out: Path | None = None) -> subprocess.CompletedProcess:
+        proc = self.run(out=out)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        assert "Traceback" not in proc.stderr, proc.stderr[-4000:]
+        return proc
+
+    def killed_at(self, point: str) -> subprocess.CompletedProcess:
+        proc = self.run(crash_at=point)
+        assert proc.returncode == -signal.SIGKILL, (
+            f"the run was not killed at {point} (exit status {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+        return proc
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory, run_config, prefect_home) -> Path:
+    """One uninterrupted run: what every crashed-and-resumed run must match."""
+    pipeline = Pipeline(tmp_path_factory.mktemp("baseline"), run_config, prefect_home)
+    pipeline.complete()
+    return pipeline.out
+
+
+@pytest.fixture
+def pipeline(tmp_path, run_config, prefect_home):
+    p = Pipeline(tmp_path, run_config, prefect_home)
+    yield p
+    # Each run folder holds ~0.7 GB of checkpoints; do not keep them around.
+    shutil.rmtree(tmp_path / "run", ignore_errors=True)
+    shutil.rmtree(tmp_path / "copy", ignore_errors=True)
+
+
+# --- checks -------------------------------------------------------------------------
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoints" / f"alexnet-{EPOCHS:02d}.pt", map_location="cpu", weights_only=True)["model"]
+
+
+def assert_same_results(run_dir: Path, baseline_dir: Path) -> None:
+    got, expected = pd.read_csv(run_dir / "accuracy.csv"), pd.read_csv(baseline_dir / "accuracy.csv")
+    pd.testing.assert_frame_equal(got[NUMBERS], expected[NUMBERS], check_exact=True)
+    assert [Path(p).name for p in got["checkpoint"]] == [Path(p).name for p in expected["checkpoint"]]
+    got_weights, expected_weights = final_weights(run_dir), final_weights(baseline_dir)
+    assert got_weights.keys() == expected_weights.keys()
+    for name, tensor in expected_weights.items():
+        assert torch.equal(got_weights[name], tensor), f"final weights differ in {name}"
+    for name in ("accuracy.png", "confusion.png", "report.md"):
+        assert (run_dir / name).is_file()
+
+
+def partial_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.partial")) if folder.exists() else []
+
+
+def file_identity(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def resume_epoch(checkpoint_dir: Path) -> int:
+    return torch.load(checkpoint_dir / RESUME_NAME, map_location="cpu", weights_only=True)["epoch"]
+
+
+def assert_killed_state(point: str, p: Pipeline) -> None:
+    """Evidence that the process died where it was told to, in the state the
+    point describes (and that it held the run folder's lock when it died)."""
+    assert (p.out / LOCK_NAME).exists(), "the killed run did not hold the run folder's lock"
+    ckpt = p.checkpoints
+    if point == "download":
+        assert not (p.data / "cifar-10-python.tar.gz").exists()
+    elif point == "extract":
+        assert (p.data / "cifar-10-python.tar.gz").is_file()
+        assert not (p.data / "cifar-10-batches-py").exists()
+    elif point == "preprocess":
+        assert (p.data / "cifar-10-batches-py").is_dir()
+        cache = p.data / "preprocessed"
+        assert partial_files(cache) and not [d for d in cache.iterdir() if not d.name.startswith(".")]
+    elif point == "mid-epoch":
+        assert (ckpt / "alexnet-01.pt").is_file() and not (ckpt / "alexnet-02.pt").exists()
+        assert resume_epoch(ckpt) == 1
+    elif point == "checkpoint-write":
+        assert [f.name.startswith(".alexnet-02.pt.") for f in partial_files(ckpt)] == [True]
+        assert not (ckpt / "alexnet-02.pt").exists()
+    elif point == "resume-write":
+        assert (ckpt / "alexnet-02.pt").is_file()
+        assert [f.name.startswith(f".{RESUME_NAME}.") for f in partial_files(ckpt)] == [True]
+        assert resume_epoch(ckpt) == 1
+    elif point == "after-checkpoint":
+        assert (ckpt / "alexnet-01.pt").is_file() and not (ckpt / "alexnet-02.pt").exists()
+        assert resume_epoch(ckpt) == 1
+    elif point == "evaluate":
+        assert resume_epoch(ckpt) == 2 and not (p.out / "accuracy.csv").exists()
+    elif point == "report":
+        assert (p.out / "accuracy.csv").is_file() and not (p.out / "report.md").exists()
+    else:
+        raise AssertionError(f"no expectations written for crash point {point}")
+
+
+# --- the matrix -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("point", list(CASES))
+def test_killed_run_resumes_to_the_same_result(point, pipeline, baseline):
+    armed = point if CASES[point] is None else f"{point}:{CASES[point]}"
+    pipeline.killed_at(armed)
+    assert_killed_state(point, pipeline)
+    kept = {e: file_identity(pipeline.checkpoints / f"alexnet-{e:02d}.pt") for e in KEPT.get(point, ())}
+
+    pipeline.complete()
+
+    assert_same_results(pipeline.out, baseline)
+    for epoch, identity in kept.items():
+        assert file_identity(pipeline.checkpoints / f"alexnet-{epoch:02d}.pt") == identity, (
+            f"alexnet-{epoch:02d}.pt was complete before the crash but was written again"
+        )
+    assert partial_files(pipeline.checkpoints) == []
+    assert not (pipeline.out / LOCK_NAME).exists(), "the finished run left its lock file behind"
+
+
+# --- damaged checkpoints ----------------------------------------------------------------------
+
+
+def truncate(path: Path) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def flip_bytes(path: Path) -> None:
+    """Change 64 bytes in the middle (inside the weights): torch.load still
+    reads such a file without complaint, only the hash tells."""
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(size // 2)
+        chunk = f.read(64)
+        f.seek(size // 2)
+        f.write(bytes(b ^ 0xFF for b in chunk))
+
+
+@pytest.fixture(scope="module")
+def killed_after_epoch_1(tmp_path_factory, run_config, prefect_home) -> Pipeline:
+    p = Pipeline(tmp_path_factory.mktemp("killed"), run_config, prefect_home)
+    p.killed_at("after-checkpoint:1")
+    yield p
+    shutil.rmtree(p.out, ignore_errors=True)
+
+
+def test_damaged_checkpoints_are_found_by_hash_and_redone(killed_after_epoch_1, pipeline, baseline):
+    # A copy of a run killed after epoch 1, whose alexnet-01.pt was then cut short.
+    out = pipeline.root / "copy"
+    shutil.copytree(killed_after_epoch_1.out, out)
+    recorded = torch.load(out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
+    truncate(out / "checkpoints" / "alexnet-01.pt")
+    pipeline.data = killed_after_epoch_1.data
+    pipeline.out = out
+
+    proc = pipeline.complete()
+
+    assert "does not match the hash recorded" in proc.stderr and "alexnet-01.pt" in proc.stderr
+    assert_same_results(out, baseline)
+    redone = torch.load(out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
+    assert sha256_file(out / "checkpoints" / "alexnet-01.pt") == redone != recorded
+
+    # The run is finished and every task cached; now bytes change inside a
+    # checkpoint (same size). The cached training result must not be trusted.
+    flip_bytes(out / "checkpoints" / "alexnet-01.pt")
+    proc = pipeline.complete()
+
+    assert "does not match the hash recorded" in proc.stderr
+    assert_same_results(out, baseline)
+    first = torch.load(out / "checkpoints" / "alexnet-01.pt", weights_only=True)
+    assert sha256_file(out / "checkpoints" / "alexnet-01.pt") == torch.load(
+        out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
+    baseline_first = torch.load(baseline / "checkpoints" / "alexnet-01.pt", weights_only=True)
+    for name, tensor in baseline_first["model"].items():
+        assert torch.equal(first["model"][name], tensor), f"redone epoch-1 weights differ in {name}"

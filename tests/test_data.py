@@ -1,0 +1,267 @@
+"""Preprocess stage: CIFAR-10 batches and image folders -> cached uint8
+arrays; the restricted unpickler; balanced subsets; the content-keyed cache."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_pipeline.cache import load_arrays, preprocess, read_meta
+from alexnet_pipeline.config import DataConfig
+from alexnet_pipeline.data import ImageFolderSource, balanced_subset, decode_image, load_cifar10_arrays
+from alexnet_pipeline.download import BATCH_FILES, ensure_cifar10
+from alexnet_pipeline.errors import DataError
+from tests.fixtures import CLASS_NAMES, _batch
+
+
+@pytest.fixture(scope="module")
+def cifar_batches(tmp_path_factory, cifar_archive_dir) -> Path:
+    data_dir = tmp_path_factory.mktemp("cifar-data")
+    (data_dir / "cifar-10-python.tar.gz").write_bytes((cifar_archive_dir / "cifar-10-python.tar.gz").read_bytes())
+    return ensure_cifar10(data_dir, verify=False, progress=False)
+
+
+# --- CIFAR-10 batches --------------------------------------------------------------
+
+
+def test_cifar_batches_become_uint8_arrays(cifar_batches):
+    arrays = load_cifar10_arrays(cifar_batches)
+    assert arrays.train_images.shape == (50, 32, 32, 3) and arrays.train_images.dtype == np.uint8
+    assert arrays.test_images.shape == (20, 32, 32, 3)
+    assert arrays.train_labels.dtype == np.int64
+    assert np.bincount(arrays.train_labels, minlength=10).tolist() == [5] * 10
+    assert np.bincount(arrays.test_labels, minlength=10).tolist() == [2] * 10
+    assert arrays.class_names == CLASS_NAMES
+
+
+def test_cifar_rows_are_converted_from_channel_major_to_nhwc(tmp_path):
+    """Official rows are 1024 R, then 1024 G, then 1024 B values."""
+    image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    image[0, ..., 0], image[0, ..., 1], image[0, ..., 2] = 10, 20, 30
+    image[0, 3, 5] = (200, 150, 100)  # one distinctive pixel at row 3, column 5
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    for name in BATCH_FILES[1:]:
+        (folder / name).write_bytes(_batch(image, [1], name))
+    raw = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")[b"data"][0]
+    assert raw[:3].tolist() == [10, 10, 10] and raw[1024] == 20  # really channel-major on disk
+    arrays = load_cifar10_arrays(folder)
+    assert arrays.train_images.shape == (5, 32, 32, 3)
+    np.testing.assert_array_equal(arrays.test_images[0], image[0])
+    assert arrays.class_names == ["a", "b"] and arrays.test_labels.tolist() == [1]
+
+
+class _RunsCode:
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_doctored_batch_cannot_run_code(cifar_batches, tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    for name in BATCH_FILES:
+        (folder / name).write_bytes((cifar_batches / name).read_bytes())
+    marker = tmp_path / "code-ran"
+    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": _RunsCode(marker), b"labels": []}, protocol=2))
+    with pytest.raises(DataError, match="forbidden object posix.mkdir|forbidden object os.mkdir"):
+        load_cifar10_arrays(folder)
+    assert not marker.exists()
+
+
+def test_labels_outside_the_classes_are_refused(tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
+    for name in BATCH_FILES[1:]:
+        (folder / name).write_bytes(_batch(image, [2], name))
+    with pytest.raises(DataError, match="labels outside 0..1"):
+        load_cifar10_arrays(folder)
+
+
+def test_cifar_preprocess_cache_is_built_once(cifar_batches, tmp_path):
+    data = DataConfig(dataset="cifar10", data_dir=str(cifar_batches.parent), cache_dir=str(tmp_path / "cache"))
+    first = preprocess(data, image_size=64, source_dir=cifar_batches, progress=False)
+    assert first.parent == tmp_path / "cache"
+    arrays, direct = load_arrays(first), load_cifar10_arrays(cifar_batches)
+    for name in ("train_images", "train_labels", "test_images", "test_labels"):
+        np.testing.assert_array_equal(getattr(arrays, name), getattr(direct, name))
+    assert isinstance(arrays.train_images, np.memmap)  # read lazily, not loaded whole
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+    # The same content is found again; the image size does not matter for CIFAR.
+    assert preprocess(data, image_size=128, source_dir=cifar_batches, progress=False) == first
+    assert {p.name: p.stat().st_mtime_ns for p in first.iterdir()} == mtimes
+    assert read_meta(first)["num_train"] == 50
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [first.name]  # no temporary folders left
+
+
+def test_missing_cache_entry_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="missing or incomplete"):
+        load_arrays(tmp_path / "nothing-here")
+
+
+# --- image folders ---------------------------------------------------------------------
+
+
+def _save(path: Path, image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Two classes; images in the modes people actually have on disk."""
+    root = tmp_path / "mixed"
+    red = np.zeros((24, 24, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    _save(root / "train" / "apple" / "rgb.png", Image.fromarray(red))
+    _save(root / "train" / "apple" / "gray.png", Image.fromarray(np.full((24, 24), 100, np.uint8), "L"))
+    rgba = np.zeros((24, 24, 4), dtype=np.uint8)
+    rgba[..., 2] = 255  # blue, but fully transparent on the left half
+    rgba[:, 12:, 3] = 255
+    _save(root / "train" / "apple" / "rgba.png", Image.fromarray(rgba, "RGBA"))
+    sixteen = np.full((24, 24), 65535, dtype=np.uint16)
+    sixteen[:, 12:] = 32768
+    _save(root / "train" / "banana" / "deep.png", Image.fromarray(sixteen))
+    _save(root / "train" / "banana" / "photo.jpg", Image.fromarray(np.full((30, 48, 3), 60, np.uint8)))
+    _save(root / "test" / "apple" / "a.bmp", Image.fromarray(red))
+    _save(root / "test" / "banana" / "b.webp", Image.fromarray(np.full((24, 24, 3), 200, np.uint8)))
+    (root / "train" / "banana" / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_modes_are_converted_to_rgb(mixed_folder, tmp_path):
+    assert Image.open(mixed_folder / "train" / "banana" / "deep.png").mode.startswith("I")  # really 16-bit
+    data = DataConfig(dataset="imagefolder", data_dir=str(mixed_folder), cache_dir=str(tmp_path / "cache"),
+                      stored_size=16, decode_workers=2)
+    arrays = load_arrays(preprocess(data, image_size=64, progress=False))
+    assert arrays.class_names == ["apple", "banana"]
+    assert arrays.train_images.shape == (5, 16, 16, 3) and arrays.train_images.dtype == np.uint8
+    assert arrays.train_labels.tolist() == [0, 0, 0, 1, 1]
+    assert arrays.test_images.shape == (2, 16, 16, 3) and arrays.test_labels.tolist() == [0, 1]
+    # Files are sorted by name within a class: gray, rgb, rgba; deep, photo.
+    gray, rgb, rgba, deep, photo = arrays.train_images
+    assert (gray == 100).all()
+    assert (rgb[..., 0] == 255).all() and (rgb[..., 1:] == 0).all()
+    # Transparent pixels are white, opaque ones keep their colour.
+    np.testing.assert_array_equal(rgba[8, 2], [255, 255, 255])
+    np.testing.assert_array_equal(rgba[8, 13], [0, 0, 255])
+    # 16-bit values are scaled to 8 bits, not clipped: 65535 -> 255, 32768 -> 128.
+    np.testing.assert_array_equal(deep[8, 2], [255, 255, 255])
+    np.testing.assert_array_equal(deep[8, 13], [128, 128, 128])
+    assert (np.abs(photo.astype(int) - 60) <= 2).all()  # JPEG, centre-cropped to a square
+
+
+def test_image_folder_cache_follows_content(mixed_folder, tmp_path):
+    data = DataConfig(dataset="imagefolder", data_dir=str(mixed_folder), cache_dir=str(tmp_path / "cache"), stored_size=16)
+    first = preprocess(data, image_size=64, progress=False)
+    mtime = (first / "train_images.npy").stat().st_mtime_ns
+    os.utime(mixed_folder / "test" / "apple" / "a.bmp")  # touched, same bytes
+    assert preprocess(data, image_size=64, progress=False) == first
+    assert (first / "train_images.npy").stat().st_mtime_ns == mtime
+    # Changed bytes or another stored size: a new entry.
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(mixed_folder / "test" / "apple" / "a.bmp")
+    second = preprocess(data, image_size=64, progress=False)
+    assert second != first
+    assert (load_arrays(second).test_images[0] == 0).all()
+    data.stored_size = 20
+    assert preprocess(data, image_size=64, progress=False) not in (first, second)
+
+
+def test_image_folder_stored_size_defaults_to_the_smaller_of_image_and_files(image_folder, tmp_path):
+    data = DataConfig(dataset="imagefolder", data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"))
+    arrays = load_arrays(preprocess(data, image_size=64, progress=False))
+    assert arrays.train_images.shape == (18, 40, 40, 3)  # the fixture's images are 40x40
+    assert arrays.class_names == ["cat", "dog", "ship"]
+    assert np.bincount(arrays.test_labels).tolist() == [3, 3, 3]
+    assert read_meta(preprocess(data, image_size=32, progress=False))["stored_size"] == 32
+
+
+def test_bad_image_is_listed_or_skipped(image_folder, tmp_path):
+    bad = image_folder / "train" / "dog" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    data = DataConfig(dataset="imagefolder", data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"), stored_size=16)
+    with pytest.raises(DataError) as err:
+        preprocess(data, image_size=64, progress=False)
+    assert str(bad) in str(err.value) and "--skip-bad-images" in str(err.value)
+    data.skip_bad_images = True
+    dataset_dir = preprocess(data, image_size=64, progress=False)
+    arrays = load_arrays(dataset_dir)
+    assert len(arrays.train_labels) == 18  # the 18 good ones
+    assert len(arrays.skipped_files) == 1 and arrays.skipped_files[0].startswith(str(bad))
+
+
+def _drop_test_split(root: Path) -> None:
+    import shutil
+
+    shutil.rmtree(root / "test")
+
+
+def _extra_test_class(root: Path) -> None:
+    horse = root / "test" / "horse"
+    horse.mkdir()
+    (horse / "0000.png").write_bytes((root / "test" / "cat" / "0000.png").read_bytes())
+
+
+def _empty_class(root: Path) -> None:
+    for path in (root / "train" / "cat").iterdir():
+        path.unlink()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (_drop_test_split, "has no test/ folder"),
+        (_extra_test_class, r"different classes \(only in train: none; only in test: \['horse'\]\)"),
+        (_empty_class, "train/cat has no images"),
+    ],
+)
+def test_image_folder_layout_errors(image_folder, mutate, message):
+    mutate(image_folder)
+    with pytest.raises(DataError, match=message):
+        ImageFolderSource(image_folder)
+
+
+def test_missing_image_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        ImageFolderSource(tmp_path / "nope")
+
+
+def test_decode_image_centre_crops_to_a_square(tmp_path):
+    wide = np.zeros((10, 30, 3), dtype=np.uint8)
+    wide[:, 10:20] = 255  # only the centre third is white
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    out = decode_image(tmp_path / "wide.png", 10)
+    assert out.shape == (10, 10, 3)
+    assert out.min() >= 250  # the black sides were cropped away
+
+
+# --- balanced subsets -----------------------------------------------------------------------
+
+
+def test_balanced_subset_takes_the_first_of_each_class():
+    labels = np.array([2, 0, 1, 0, 2, 1, 0, 2, 1, 1])
+    chosen = balanced_subset(labels, 6, 3)
+    assert chosen.tolist() == [0, 1, 2, 3, 4, 5]
+    assert np.bincount(labels[chosen]).tolist() == [2, 2, 2]
+    chosen = balanced_subset(labels, 7, 3)  # 7 // 3 = 2 per class, never more for some
+    assert np.bincount(labels[chosen]).tolist() == [2, 2, 2]
+    assert balanced_subset(labels, 7, 3).tolist() == chosen.tolist()  # deterministic
+
+
+def test_balanced_subset_with_a_short_class_and_no_limit():
+    labels = np.array([0, 0, 0, 0, 1])
+    assert balanced_subset(labels, 4, 2).tolist() == [0, 1, 4]  # class 1 has just one
+    assert balanced_subset(labels, None, 2).tolist() == [0, 1, 2, 3, 4]
+    assert balanced_subset(labels, 100, 2).tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(DataError, match="smaller than the number of classes"):
+        balanced_subset(labels, 1, 2)

@@ -1,0 +1,204 @@
+"""The whole flow under Prefect's test harness (in-process), cache hits on a
+re-run, and one resume after a real kill -9 through the command line.
+
+The kill test compares the resumed run with the in-process uninterrupted run
+of the same config and seed (module fixture `first_run`): the same
+accuracy.csv numbers and the same final weights, bit for bit on the CPU."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+
+from alexnet_pipeline.errors import DataError
+from alexnet_pipeline.files import sha256_file
+from tests.conftest import run_cli
+
+# 10 images (one per class), 2 steps per epoch, 2 epochs, 64x64.
+PARAMS = {"dataset": "cifar10", "verify": False, "weights": "none", "epochs": 2, "batch_size": 5, "subset": 10,
+          "image_size": 64, "device": "cpu", "seed": 11}
+CLI_ARGS = ["--dataset", "cifar10", "--no-verify", "--weights", "none", "--epochs", "2", "--batch-size", "5",
+            "--subset", "10", "--image-size", "64", "--device", "cpu", "--seed", "11"]
+NUMBER_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+REQUIRED_COLUMNS = NUMBER_COLUMNS + ["epoch_seconds", "checkpoint"]
+REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
+STAGES = ("download-cifar10", "preprocess", "fine-tune", "evaluate", "write-report")
+
+
+def stage_of(task_run_name: str) -> str:
+    return next(s for s in STAGES if task_run_name.startswith(s))
+
+
+def task_states(flow_state, expected: int, timeout: float = 30.0) -> list[tuple[str, str]]:
+    """(stage, state name) of every task run of a flow run. Task run states
+    reach the API as events, a moment after the flow returns: wait for them."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    flow_run_id = flow_state.state_details.flow_run_id
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+            states = sorted((stage_of(r.name), r.state.name if r.state else "") for r in runs)
+            done = len(states) == expected and all(r.state and r.state.is_final() for r in runs)
+            if done or time.monotonic() > deadline:
+                return states
+            time.sleep(0.5)
+
+
+def file_stamps(folder: Path, names) -> dict[str, tuple[int, str]]:
+    return {name: ((folder / name).stat().st_mtime_ns, sha256_file(folder / name)) for name in names}
+
+
+def storage_settings(path: Path):
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+
+    return temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(path)})
+
+
+@pytest.fixture(scope="module")
+def first_run(prefect_harness, tmp_path_factory, cifar_archive_dir):
+    """One uninterrupted run of the flow, in-process, with its own result store."""
+    from flows.full_run import full_run
+
+    root = tmp_path_factory.mktemp("flow")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
+    run = SimpleNamespace(root=root, data_dir=data_dir, out=root / "run", storage=root / "prefect-storage",
+                          params={**PARAMS, "data_dir": str(data_dir), "out": str(root / "run")})
+    with storage_settings(run.storage):
+        run.state = full_run(**run.params, return_state=True)
+    return run
+
+
+def test_flow_runs_every_stage_and_writes_the_report(first_run):
+    state = first_run.state
+    assert state.is_completed(), state.message
+    result = state.result()
+    out = first_run.out
+    assert result["run_dir"] == str(out.resolve())
+    assert {name: result[name] for name in REPORT_FILES} == {name: str(out.resolve() / name) for name in REPORT_FILES}
+    assert sorted(p.name for p in (out / "checkpoints").glob("alexnet-*.pt")) == ["alexnet-01.pt", "alexnet-02.pt"]
+
+    df = pd.read_csv(out / "accuracy.csv")
+    assert [c for c in REQUIRED_COLUMNS if c not in df.columns] == []
+    assert df["epoch"].tolist() == [1, 2]
+    assert df["checkpoint"].tolist() == [str(out.resolve() / "checkpoints" / f"alexnet-0{e}.pt") for e in (1, 2)]
+    assert result["final_test_acc"] == df["test_acc"].iloc[-1]
+    assert result["best_test_acc"] == df["test_acc"].max()
+    assert df.loc[df["epoch"] == result["best_epoch"], "test_acc"].item() == df["test_acc"].max()
+    assert ((df["test_acc"] * 10).round(6) % 1 == 0).all()  # 10 test images: multiples of 10%
+    for png in ("accuracy.png", "confusion.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert f"at epoch {result['best_epoch']}" in (out / "report.md").read_text()
+
+    states = task_states(state, expected=6)
+    assert states == sorted([("download-cifar10", "Completed"), ("preprocess", "Completed"), ("fine-tune", "Completed"),
+                             ("evaluate", "Completed"), ("evaluate", "Completed"), ("write-report", "Completed")])
+
+
+def test_rerun_is_all_cache_hits_and_rewrites_nothing(first_run):
+    from flows.full_run import full_run
+
+    out = first_run.out
+    checkpoints = ["checkpoints/alexnet-01.pt", "checkpoints/alexnet-02.pt", "checkpoints/resume.pt"]
+    before = file_stamps(out, [*checkpoints, *REPORT_FILES])
+    with storage_settings(first_run.storage):
+        state = full_run(**first_run.params, return_state=True)
+    assert state.is_completed(), state.message
+    assert state.result() == first_run.state.result()
+    assert task_states(state, expected=6) == sorted(
+        [(stage, "Cached") for stage in ("download-cifar10", "preprocess", "fine-tune", "evaluate", "evaluate", "write-report")]
+    )
+    assert file_stamps(out, [*checkpoints, *REPORT_FILES]) == before
+
+
+def test_deleted_report_file_is_written_again(first_run, tmp_path):
+    """A cache hit that points at a deleted file runs that task again."""
+    from flows.full_run import full_run
+
+    out = tmp_path / "copy"
+    shutil.copytree(first_run.out, out)
+    storage = tmp_path / "storage"
+    shutil.copytree(first_run.storage, storage)
+    params = {**first_run.params, "out": str(out)}
+    with storage_settings(storage):
+        # Another run folder: train and report run for it (training finds the
+        # finished run there and only reads it), evaluations hit by content.
+        state = full_run(**params, return_state=True)
+        assert state.is_completed(), state.message
+        (out / "report.md").unlink()
+        ckpt_before = file_stamps(out, ["checkpoints/alexnet-02.pt"])
+        state = full_run(**params, return_state=True)
+    assert state.is_completed(), state.message
+    assert (out / "report.md").is_file()
+    assert file_stamps(out, ["checkpoints/alexnet-02.pt"]) == ckpt_before
+    states = task_states(state, expected=7)
+    assert states.count(("write-report", "Cached")) == 1 and states.count(("write-report", "Completed")) == 1
+    assert ("fine-tune", "Cached") in states
+
+
+def test_pipeline_error_fails_the_flow_with_its_message(prefect_storage, cifar_data_dir, tmp_path):
+    from flows.full_run import full_run
+
+    params = {**PARAMS, "verify": True, "data_dir": str(cifar_data_dir), "out": str(tmp_path / "run")}
+    state = full_run(**params, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(DataError, match="checksum mismatch"):
+        state.result()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
+    from flows.full_run import full_run
+
+    out = tmp_path / "run"
+    state = full_run(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=9,
+                     image_size=64, device="cpu", seed=0, out=str(out), return_state=True)
+    assert state.is_completed(), state.message
+    df = pd.read_csv(out / "accuracy.csv")
+    assert df["epoch"].tolist() == [1]
+    report = (out / "report.md").read_text()
+    assert "test images: 9, classes: 3" in report
+    for name in ("cat", "dog", "ship"):
+        assert f"| {name} |" in report
+    assert (out / "confusion.png").is_file() and (out / "checkpoints" / "alexnet-01.pt").is_file()
+    assert (image_folder / "preprocessed").is_dir()  # the cache sits next to the images by default
+
+
+@pytest.mark.slow
+def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = [*CLI_ARGS, "--data-dir", str(cifar_data_dir), "--out", str(out)]
+    killed = run_cli(args, cwd=tmp_path, env={"ALEXNET_PIPELINE_CRASH_AT": "after-checkpoint:1"}, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    first = out / "checkpoints" / "alexnet-01.pt"
+    assert first.is_file() and not (out / "checkpoints" / "alexnet-02.pt").exists()
+    assert not (out / "accuracy.csv").exists()
+    stamp = file_stamps(out, ["checkpoints/alexnet-01.pt"])
+
+    resumed = run_cli(args, cwd=tmp_path, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    for stage in ("download-cifar10", "preprocess"):
+        assert f"Task run '{stage}-" in log
+        assert any(f"Task run '{stage}-" in line and "Cached" in line for line in log.splitlines()), stage
+    assert file_stamps(out, ["checkpoints/alexnet-01.pt"]) == stamp  # epoch 1 was not trained or written again
+
+    ours, ref = pd.read_csv(out / "accuracy.csv"), pd.read_csv(first_run.out / "accuracy.csv")
+    pd.testing.assert_frame_equal(ours[NUMBER_COLUMNS], ref[NUMBER_COLUMNS], check_exact=True)
+    final = torch.load(out / "checkpoints" / "alexnet-02.pt", weights_only=True)["model"]
+    expected = torch.load(first_run.out / "checkpoints" / "alexnet-02.pt", weights_only=True)["model"]
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+    for name in REPORT_FILES:
+        assert (out / name).is_file()

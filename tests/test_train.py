@@ -1,0 +1,262 @@
+"""Fine-tune stage: the training loop on tiny CPU data, self-describing
+checkpoints, resume (bit-identical on the CPU), the lr schedule and the
+whole-batch transforms."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from alexnet_pipeline.cache import load_arrays, preprocess, read_meta
+from alexnet_pipeline.checkpoint import RESUME_NAME, load_checkpoint, model_from_checkpoint
+from alexnet_pipeline.config import config_from_dict, resolve_config
+from alexnet_pipeline.device_data import DeviceDataset
+from alexnet_pipeline.download import ensure_cifar10
+from alexnet_pipeline.errors import CheckpointError, ConfigError
+from alexnet_pipeline.files import sha256_file
+from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
+from alexnet_pipeline.train import lr_factor, train_run
+from alexnet_pipeline.transforms import Augmentation, BatchTransform
+from tests.fixtures import CLASS_NAMES
+
+TRAIN = {"model.weights": "none", "train.epochs": 2, "train.batch_size": 5, "train.image_size": 64,
+         "train.device": "cpu", "train.seed": 3, "data.subset": 10}
+# Differ between two runs of the same config: timings, and what names them.
+TIMING_FIELDS = {"epoch_seconds", "images_per_s", "checkpoint", "checkpoint_sha256"}
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory, cifar_archive_dir) -> Path:
+    data_dir = tmp_path_factory.mktemp("train-data")
+    shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
+    batches = ensure_cifar10(data_dir, verify=False, progress=False)
+    cfg = resolve_config("default", overrides={**TRAIN, "data.data_dir": str(data_dir)})
+    return preprocess(cfg.data, cfg.train.image_size, batches, progress=False)
+
+
+def make_config(dataset_dir: Path, **extra):
+    return resolve_config("default", overrides={**TRAIN, "data.data_dir": str(dataset_dir.parent.parent), **extra})
+
+
+@pytest.fixture(scope="module")
+def trained(dataset_dir, tmp_path_factory):
+    """One uninterrupted 2-epoch run (10 images, 2 steps per epoch)."""
+    run_dir = tmp_path_factory.mktemp("trained")
+    cfg = make_config(dataset_dir)
+    history = train_run(cfg, dataset_dir, run_dir, progress=False)
+    return cfg, run_dir, history
+
+
+def numbers(history) -> list[dict]:
+    rows = [h if isinstance(h, dict) else dataclasses.asdict(h) for h in history]
+    return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
+
+
+def test_history_and_checkpoints(trained):
+    cfg, run_dir, history = trained
+    assert [h.epoch for h in history] == [1, 2]
+    for h in history:
+        path = Path(h.checkpoint)
+        assert path == run_dir / "checkpoints" / f"alexnet-{h.epoch:02d}.pt"
+        assert h.checkpoint_sha256 == sha256_file(path)
+        assert math.isfinite(h.train_loss) and 0 <= h.train_acc <= 1 and h.epoch_seconds > 0
+    # Warm-up over epoch 1 (2 steps) then cosine to zero at the last step.
+    base = cfg.train.resolved_lr("none")
+    assert history[0].lr == pytest.approx(base)
+    assert history[1].lr == pytest.approx(0.0, abs=1e-12)
+    # Only the epoch checkpoints and the resume state; no temporary files.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["alexnet-01.pt", "alexnet-02.pt", RESUME_NAME]
+
+
+def test_checkpoint_describes_itself(trained, dataset_dir):
+    cfg, run_dir, history = trained
+    ckpt = load_checkpoint(history[-1].checkpoint)
+    assert ckpt["class_names"] == CLASS_NAMES and ckpt["num_classes"] == 10
+    assert ckpt["image_size"] == 64 and ckpt["epoch"] == 2 and ckpt["seed"] == 3
+    assert tuple(ckpt["mean"]) == IMAGENET_MEAN and tuple(ckpt["std"]) == IMAGENET_STD
+    assert config_from_dict(ckpt["config"]) == cfg
+    assert ckpt["dataset_key"] == read_meta(dataset_dir)["key"]
+    assert ckpt["train_stats"]["train_loss"] == history[-1].train_loss
+    # No optimizer state in the epoch checkpoint: that lives in resume.pt.
+    assert "optimizer" not in ckpt
+
+
+def test_model_rebuilt_from_the_checkpoint_file_alone(trained, dataset_dir):
+    """With only the file and plain torchvision: the recorded image size and
+    normalisation reproduce what the pipeline's own model computes."""
+    from torchvision.models import alexnet
+
+    _, _, history = trained
+    raw = torch.load(history[-1].checkpoint, map_location="cpu", weights_only=True)
+    model = alexnet(num_classes=len(raw["class_names"]))
+    model.load_state_dict(raw["model"])
+    model.eval()
+    images = torch.from_numpy(np.array(load_arrays(dataset_dir).test_images[:4]))
+    x = images.permute(0, 3, 1, 2).float() / 255
+    x = (x - torch.tensor(raw["mean"]).view(1, 3, 1, 1)) / torch.tensor(raw["std"]).view(1, 3, 1, 1)
+    x = F.interpolate(x, size=(raw["image_size"],) * 2, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        expected = model(x)
+        ours = model_from_checkpoint(load_checkpoint(history[-1].checkpoint)).eval()
+        transform = BatchTransform(raw["image_size"], raw["mean"], raw["std"], torch.device("cpu"), False)
+        actual = ours(transform(images))
+    assert expected.shape == (4, 10)
+    torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_resume_state(trained):
+    cfg, run_dir, history = trained
+    state = torch.load(run_dir / "checkpoints" / RESUME_NAME, weights_only=True)
+    assert state["epoch"] == 2 and state["config_fingerprint"] == cfg.fingerprint()
+    assert state["checkpoints"] == {h.epoch: h.checkpoint_sha256 for h in history}
+    assert {"optimizer", "scheduler", "rng", "history"} <= set(state)
+    assert len(state["optimizer"]["state"]) > 0  # AdamW moments, needed to resume exactly
+
+
+def test_finished_run_is_not_trained_again(trained, dataset_dir):
+    cfg, run_dir, history = trained
+    before = {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in (run_dir / "checkpoints").iterdir()}
+    again = train_run(cfg, dataset_dir, run_dir, progress=False)
+    assert [dataclasses.asdict(h) for h in again] == [dataclasses.asdict(h) for h in history]
+    assert {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in (run_dir / "checkpoints").iterdir()} == before
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(trained, dataset_dir, tmp_path):
+    """Stop after epoch 1 (its checkpoint written), then run again: epoch 2
+    must come out bit for bit as in the uninterrupted run."""
+    cfg, ref_dir, ref_history = trained
+    run_dir = tmp_path / "run"
+
+    def stop_after_first(stats):
+        if stats.epoch == 1:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train_run(cfg, dataset_dir, run_dir, on_epoch_end=stop_after_first, progress=False)
+    first = run_dir / "checkpoints" / "alexnet-01.pt"
+    assert not (run_dir / "checkpoints" / "alexnet-02.pt").exists()
+    stamp = (first.stat().st_mtime_ns, sha256_file(first))
+
+    epochs_run = []
+    history = train_run(cfg, dataset_dir, run_dir, on_epoch_end=lambda s: epochs_run.append(s.epoch), progress=False)
+    assert epochs_run == [2]  # only the missing epoch
+    assert (first.stat().st_mtime_ns, sha256_file(first)) == stamp
+    assert numbers(history) == numbers(ref_history)
+    for epoch in (1, 2):
+        ours = load_checkpoint(run_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
+        ref = load_checkpoint(ref_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
+        assert all(torch.equal(ours[k], ref[k]) for k in ref), f"epoch {epoch} weights differ"
+
+
+def test_another_config_in_the_same_folder_is_refused(trained, dataset_dir):
+    _, run_dir, _ = trained
+    other = make_config(dataset_dir, **{"train.lr": 0.5})
+    with pytest.raises(CheckpointError, match="different configuration"):
+        train_run(other, dataset_dir, run_dir, progress=False)
+
+
+def test_damaged_checkpoint_is_not_resumed_from(trained, dataset_dir, tmp_path):
+    _, ref_dir, ref_history = trained
+    run_dir = tmp_path / "run"
+    shutil.copytree(ref_dir, run_dir)
+    # Same size, different bytes: only the recorded SHA-256 can tell.
+    path = run_dir / "checkpoints" / "alexnet-02.pt"
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    epochs_run = []
+
+    def stop_after_first(stats):
+        epochs_run.append(stats.epoch)
+        raise _Interrupted  # one epoch shows where it restarted
+
+    with pytest.raises(_Interrupted):
+        train_run(trained[0], dataset_dir, run_dir, on_epoch_end=stop_after_first, progress=False)
+    assert epochs_run == [1]  # trained again from the start, not from the damaged epoch 2
+    assert numbers([load_checkpoint(run_dir / "checkpoints" / "alexnet-01.pt")["train_stats"]]) == numbers(ref_history[:1])
+
+
+def test_batch_larger_than_the_dataset(dataset_dir, tmp_path):
+    cfg = make_config(dataset_dir, **{"train.batch_size": 11})
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 11 is larger than the 10 training images"):
+        train_run(cfg, dataset_dir, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+# --- schedule and transforms: small pure functions ----------------------------------------
+
+
+def test_lr_schedules():
+    assert [lr_factor("constant", s, 10, 3) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    # Linear warm-up reaching 1 at the end of the warm-up steps, then cosine to 0.
+    assert [lr_factor("warmup_cosine", s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor("warmup_cosine", 4, 10, 4) == 1.0
+    assert lr_factor("warmup_cosine", 7, 10, 4) == pytest.approx(0.5)
+    assert lr_factor("warmup_cosine", 10, 10, 4) == pytest.approx(0.0)
+    assert lr_factor("warmup_cosine", 0, 10, 0) == 1.0  # no warm-up
+    # One-cycle warms up over a quarter of all steps whatever warmup_steps says.
+    assert lr_factor("onecycle", 0, 8, 0) == 0.5 and lr_factor("onecycle", 1, 8, 0) == 1.0
+
+
+def test_batch_transform_normalises_and_resizes():
+    mean_image = torch.tensor([round(255 * m) for m in IMAGENET_MEAN], dtype=torch.uint8).expand(2, 8, 8, 3)
+    transform = BatchTransform(64, IMAGENET_MEAN, IMAGENET_STD, torch.device("cpu"), channels_last=False)
+    out = transform(mean_image.contiguous())
+    assert out.shape == (2, 3, 64, 64) and out.dtype == torch.float32
+    assert out.abs().max() < 0.01  # the mean colour normalises to ~0
+    white = transform(torch.full((1, 8, 8, 3), 255, dtype=torch.uint8))
+    expected = [(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]
+    torch.testing.assert_close(white[0, :, 0, 0], torch.tensor(expected))
+
+
+def test_augmentation_crops_and_flips_per_image():
+    images = torch.arange(2 * 4 * 4 * 3, dtype=torch.uint8).view(2, 4, 4, 3)
+    transform = BatchTransform(4, (0, 0, 0), (1 / 255, 1 / 255, 1 / 255), torch.device("cpu"), False)  # identity
+    plain = transform(images)
+    torch.testing.assert_close(plain, images.permute(0, 3, 1, 2).float())
+    centre_then_flip = Augmentation(torch.tensor([[2, 2], [2, 2]]), torch.tensor([False, True]), padding=2)
+    out = transform(images, centre_then_flip)
+    torch.testing.assert_close(out[0], plain[0])  # offset == padding: the original image
+    torch.testing.assert_close(out[1], plain[1].flip(2))
+    shifted = transform(images, Augmentation(torch.tensor([[0, 2], [2, 3]]), torch.tensor([False, False]), padding=2))
+    # Offset 0 in rows: two reflected rows on top (row 2, row 1), then rows 0, 1.
+    torch.testing.assert_close(shifted[0, :, :, :], plain[0][:, [2, 1, 0, 1], :])
+    torch.testing.assert_close(shifted[1, :, :, :], plain[1][:, :, [1, 2, 3, 2]])
+
+
+def test_augmentation_depends_only_on_its_generator():
+    a = Augmentation.draw(50, 4, torch.Generator().manual_seed(11))
+    torch.rand(100)  # global RNG use in between changes nothing
+    b = Augmentation.draw(50, 4, torch.Generator().manual_seed(11))
+    assert torch.equal(a.offsets, b.offsets) and torch.equal(a.flips, b.flips)
+    assert a.offsets.min() >= 0 and a.offsets.max() <= 8
+
+
+def test_streamed_batches_equal_resident_ones():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 5, 5, 3), dtype=np.uint8)
+    labels = np.arange(12) % 3
+    keep = np.array([0, 2, 3, 5, 7, 8, 11])
+    order = torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))
+    resident = DeviceDataset(images, labels, keep, torch.device("cpu"))
+    streamed = DeviceDataset(images, labels, keep, torch.device("cpu"), resident_limit_bytes=0)
+    assert resident.resident and not streamed.resident
+    batches_a, batches_b = list(resident.batches(order, 3)), list(streamed.batches(order, 3))
+    assert [len(b[1]) for b in batches_a] == [3, 3, 1]
+    for (ia, la, pa), (ib, lb, pb) in zip(batches_a, batches_b, strict=True):
+        assert torch.equal(ia, ib) and torch.equal(la, lb) and torch.equal(pa, pb)
+    # The batches really are the kept images, in `order`.
+    first = keep[order[:3].numpy()]
+    assert torch.equal(batches_a[0][0], torch.from_numpy(images[first]))
+    assert batches_a[0][1].tolist() == labels[first].tolist()
