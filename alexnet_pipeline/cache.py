@@ -56,8 +56,16 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
 
 
 def _write_error(final_dir: Path, exc: OSError) -> DataError:
+    reason = exc.strerror or str(exc)
+    if exc.errno is None:
+        # numpy reports a full disk as a short write ("N requested and M
+        # written"), without an errno: say how much room is left.
+        try:
+            reason += f"; {shutil.disk_usage(final_dir.parent).free / 1e6:.1f} MB left on that disk"
+        except OSError:
+            pass
     return DataError(
-        f"cannot write the preprocessed cache under {final_dir.parent} ({exc.strerror or exc}); "
+        f"cannot write the preprocessed cache under {final_dir.parent} ({reason}); "
         "free some disk space or point --cache-dir at a disk with room (entries already there are intact)"
     )
 

@@ -120,8 +120,8 @@ def _refuse_unsafe_members(member: tarfile.TarInfo, dest_path: str) -> tarfile.T
 
 
 def _extract(archive: Path, data_dir: Path) -> None:
-    """Extract through tarfile's 'data' filter: it refuses absolute paths, '..',
-    links pointing outside the target and device files. Extraction goes to a
+    """Extract through tarfile's 'data' filter (it refuses '..', links pointing
+    outside the target and device files), refusing absolute names too. Extraction goes to a
     temporary folder first so that a crash never leaves half a batches folder."""
     tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
     try:

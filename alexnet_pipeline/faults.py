@@ -21,7 +21,8 @@ POINTS = {
     "download": "before fetching the archive (no local copy in --data-dir)",
     "extract": "with the archive open, before extracting into a temporary folder",
     "preprocess": "after the first array of a new cache entry is written to its temporary folder",
-    "mid-epoch": "after the middle step of epoch N, before the epoch ends",
+    "mid-epoch": "after the middle step of epoch N, before the epoch ends (earlier epochs' checkpoints, "
+                 "written in the background, are let finish first, so the state is the same every time)",
     "checkpoint-write": "with alexnet-NN.pt written to its temporary name, before the rename",
     "resume-write": "alexnet-NN.pt complete, resume.pt written to its temporary name, before the rename",
     "after-checkpoint": "alexnet-NN.pt and resume.pt both complete",
@@ -30,10 +31,12 @@ POINTS = {
 }
 
 
-def crash_point(name: str, number: int | None = None) -> None:
+def armed(name: str, number: int | None = None) -> bool:
+    """Whether the process is set to die at this point."""
     wanted = os.environ.get(ENV_VAR)
-    if not wanted:
-        return
-    here = name if number is None else f"{name}:{number}"
-    if wanted == here:
+    return bool(wanted) and wanted == (name if number is None else f"{name}:{number}")
+
+
+def crash_point(name: str, number: int | None = None) -> None:
+    if armed(name, number):
         os.kill(os.getpid(), signal.SIGKILL)

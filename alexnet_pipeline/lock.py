@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from alexnet_pipeline.errors import RunLockedError
+from alexnet_pipeline.errors import ConfigError, RunLockedError
 
 LOCK_NAME = ".lock"
 
@@ -79,7 +79,7 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[Path]:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunLockedError(f"cannot create the run folder {run_dir} ({exc.strerror}); pass another --out") from None
+        raise ConfigError(f"out: cannot create the run folder {run_dir} ({exc.strerror}); pass another --out") from None
     path = run_dir / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)

@@ -176,6 +176,8 @@ def train_run(
     writer = CheckpointWriter()
     try:
         for epoch in range(start_epoch, t.epochs + 1):
+            if faults.armed("mid-epoch", epoch):
+                writer.drain()  # crash tests: the same state on disk every time
             with _out_of_memory_hint(t, f"epoch {epoch}"):
                 stats = trainer.train_epoch(epoch, progress)
             stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))

@@ -82,3 +82,18 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
         except ProcessLookupError:
             pass
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture
+def cli_prefect_home(prefect_harness, tmp_path) -> Path:
+    """PREFECT_HOME for run_cli (pass env={"PREFECT_HOME": str(it)}) whose
+    profile points at the harness's server, with its own result storage.
+    The command then starts no temporary server (~10 s saved per run); and a
+    run that SIGKILLs itself leaves no orphaned server holding run_cli's
+    stdout/stderr pipes open (run_cli would wait for them until its timeout)."""
+    from prefect.settings import PREFECT_API_URL
+
+    home = tmp_path / "cli-prefect-home"
+    home.mkdir()
+    (home / "profiles.toml").write_text(f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{PREFECT_API_URL.value()}"\n')
+    return home

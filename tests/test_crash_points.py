@@ -11,23 +11,19 @@ and redone with a warning.
     pytest tests/test_crash_points.py -m slow       # about 6-8 minutes on 2 CPUs
 
 Every run goes through the real command line. To keep the matrix affordable,
-the runs share one Prefect server started for this module (as a user would
-with PREFECT_API_URL) instead of each starting the temporary one (~8 s each);
-tests/test_bad_inputs.py covers the temporary-server path. Each run
+the runs use the test harness's Prefect server (as a user would a real one,
+through PREFECT_API_URL in their profile) instead of each starting the
+temporary one (~8 s each); tests/test_bad_inputs.py covers the temporary-server
+path. Each run
 "downloads" the small generated archive from a file:// URL, so the download
 point is reached, and the checksum check stays on.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -70,45 +66,18 @@ def test_every_fault_point_has_a_crash_test():
 # --- fixtures -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def prefect_home(tmp_path_factory):
-    """A PREFECT_HOME whose profile points at a Prefect server started here."""
+def prefect_home(prefect_harness, tmp_path_factory) -> Path:
+    """A PREFECT_HOME for this module's runs whose profile points at the test
+    harness's server: no temporary server per run (~8 s each), and a killed
+    run leaves no orphaned server behind. One result store for the module:
+    cache keys include each test's own data and run folders."""
+    from prefect.settings import PREFECT_API_URL
+
     home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    for name in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
-        env.pop(name, None)
-    log = open(home / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2):
-                    break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"Prefect server did not start:\n{(home / 'server.log').read_text()[-3000:]}")
-                time.sleep(0.5)
-        (home / "profiles.toml").write_text(f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{url}"\n')
-        yield home
-    finally:
-        try:
-            os.killpg(server.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        server.wait()
-        log.close()
+    (home / "profiles.toml").write_text(
+        f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{PREFECT_API_URL.value()}"\n')
+    return home
 
 
 @pytest.fixture(scope="module")
@@ -162,6 +131,10 @@ def baseline(tmp_path_factory, run_config, prefect_home) -> Path:
     """One uninterrupted run: what every crashed-and-resumed run must match."""
     pipeline = Pipeline(tmp_path_factory.mktemp("baseline"), run_config, prefect_home)
     pipeline.complete()
+    # Nothing written outside --out, the data folder (with its cache) and Prefect's home.
+    assert sorted(p.name for p in pipeline.root.iterdir()) == ["data", "run"]
+    assert sorted(p.name for p in pipeline.data.iterdir()) == ["cifar-10-batches-py", "cifar-10-python.tar.gz",
+                                                                "preprocessed"]
     return pipeline.out
 
 

@@ -176,17 +176,18 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_dir, tmp_path):
+def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_dir, cli_prefect_home, tmp_path):
     out = tmp_path / "run"
     args = [*CLI_ARGS, "--data-dir", str(cifar_data_dir), "--out", str(out)]
-    killed = run_cli(args, cwd=tmp_path, env={"ALEXNET_PIPELINE_CRASH_AT": "after-checkpoint:1"}, timeout=300)
+    home = {"PREFECT_HOME": str(cli_prefect_home)}  # both runs share Prefect's result storage
+    killed = run_cli(args, cwd=tmp_path, env={**home, "ALEXNET_PIPELINE_CRASH_AT": "after-checkpoint:1"}, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     first = out / "checkpoints" / "alexnet-01.pt"
     assert first.is_file() and not (out / "checkpoints" / "alexnet-02.pt").exists()
     assert not (out / "accuracy.csv").exists()
     stamp = file_stamps(out, ["checkpoints/alexnet-01.pt"])
 
-    resumed = run_cli(args, cwd=tmp_path, timeout=300)
+    resumed = run_cli(args, cwd=tmp_path, env=home, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     log = resumed.stdout + resumed.stderr
     for stage in ("download-cifar10", "preprocess"):

@@ -62,9 +62,8 @@ def test_second_run_is_refused_with_the_holder_named(tmp_path, holder):
     run_dir = tmp_path / "run"
     first = holder(run_dir)
 
-    with pytest.raises(RunLockedError) as refused:
-        with run_folder_lock(run_dir):
-            pytest.fail("took a lock another process holds")
+    with pytest.raises(RunLockedError) as refused, run_folder_lock(run_dir):
+        pytest.fail("took a lock another process holds")
 
     message = str(refused.value)
     assert str(run_dir) in message
@@ -135,3 +134,13 @@ def test_flow_takes_the_lock_itself(tmp_path, holder, image_folder, prefect_stor
                  image_size=64, device="cpu", out=str(run_dir))
     assert not (image_folder / "preprocessed").exists()
     assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]
+
+
+def test_out_that_is_a_file_is_refused_as_configuration(tmp_path):
+    from alexnet_pipeline.errors import ConfigError
+
+    (tmp_path / "run").write_text("not a folder")
+    with pytest.raises(ConfigError, match="cannot create the run folder .*run.*pass another --out"), \
+            run_folder_lock(tmp_path / "run"):
+        pass
+    assert (tmp_path / "run").read_text() == "not a folder"

@@ -13,8 +13,8 @@ from alexnet_pipeline.report import (
     accuracy_figure,
     best_row,
     confusion_figure,
-    epoch_table,
     environment,
+    epoch_table,
     report_markdown,
 )
 

@@ -5,6 +5,7 @@ whole-batch transforms."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -76,7 +77,7 @@ def test_history_and_checkpoints(trained):
 
 
 def test_checkpoint_describes_itself(trained, dataset_dir):
-    cfg, run_dir, history = trained
+    cfg, _, history = trained
     ckpt = load_checkpoint(history[-1].checkpoint)
     assert ckpt["class_names"] == CLASS_NAMES and ckpt["num_classes"] == 10
     assert ckpt["image_size"] == 64 and ckpt["epoch"] == 2 and ckpt["seed"] == 3
@@ -166,7 +167,9 @@ def test_another_config_in_the_same_folder_is_refused(trained, dataset_dir):
         train_run(other, dataset_dir, run_dir, progress=False)
 
 
-def test_damaged_checkpoint_is_not_resumed_from(trained, dataset_dir, tmp_path):
+# Under the Prefect harness, library log lines outside a flow run make Prefect warn.
+@pytest.mark.filterwarnings("ignore:Logger 'alexnet_pipeline.train' attempted to send logs")
+def test_damaged_checkpoint_is_not_resumed_from(trained, dataset_dir, tmp_path, caplog):
     _, ref_dir, ref_history = trained
     run_dir = tmp_path / "run"
     shutil.copytree(ref_dir, run_dir)
@@ -181,9 +184,10 @@ def test_damaged_checkpoint_is_not_resumed_from(trained, dataset_dir, tmp_path):
         epochs_run.append(stats.epoch)
         raise _Interrupted  # one epoch shows where it restarted
 
-    with pytest.raises(_Interrupted):
+    with caplog.at_level(logging.WARNING, logger="alexnet_pipeline.train"), pytest.raises(_Interrupted):
         train_run(trained[0], dataset_dir, run_dir, on_epoch_end=stop_after_first, progress=False)
     assert epochs_run == [1]  # trained again from the start, not from the damaged epoch 2
+    assert any("alexnet-02.pt" in r.getMessage() and "restarts from epoch 1" in r.getMessage() for r in caplog.records)
     assert numbers([load_checkpoint(run_dir / "checkpoints" / "alexnet-01.pt")["train_stats"]]) == numbers(ref_history[:1])
 
 
