@@ -109,11 +109,15 @@ class PipelineConfig:
             d["data"].pop(key)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
-    def run_dir(self) -> Path:
+    def run_dir(self, dataset_key: str | None = None) -> Path:
+        """`out`, or a folder named after the config and, when given, the
+        preprocessed data's content key: the same command on the same data
+        always lands in the same folder (which is how a re-run resumes)."""
         if self.out:
             return Path(self.out).expanduser()
         weights = self.model.weights if self.model.weights in ("imagenet", "none") else "custom"
-        return runs_root() / f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
+        name = f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
+        return runs_root() / (f"{name}-{dataset_key[:6]}" if dataset_key else name)
 
 
 def runs_root() -> Path:

@@ -89,14 +89,41 @@ def confusion_figure(confusion: list[list[int]], class_names: list[str], title: 
     return fig
 
 
-def environment(device_name: str) -> dict:
+def device_name(device: str) -> str:
+    import torch
+
+    from alexnet_pipeline.device_data import resolve_device
+
+    resolved = resolve_device(device)
+    return f"cuda ({torch.cuda.get_device_name(resolved)})" if resolved.type == "cuda" else "cpu"
+
+
+def environment(device: str) -> dict:
+    """Where the numbers were measured: device, torch and Python versions, host."""
     import torch
 
     return {
-        "device": device_name,
+        "device": device_name(device),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "host": platform.node(),
+    }
+
+
+def measurements(stage_seconds: dict[str, float], device: str) -> dict:
+    """Seconds per stage plus this process's peak host and GPU memory."""
+    import resource
+
+    import torch
+
+    from alexnet_pipeline.device_data import resolve_device
+
+    gpu = resolve_device(device).type == "cuda"
+    return {
+        "stage_seconds": stage_seconds,
+        # ru_maxrss is in KiB on Linux.
+        "peak_host_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
+        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if gpu else None,
     }
 
 

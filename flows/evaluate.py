@@ -24,11 +24,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import config_from_dict, runs_root
 from alexnet_pipeline.errors import PipelineError
-from alexnet_pipeline.report import environment
+from alexnet_pipeline.lock import run_folder_lock
+from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
-from flows.full_run import _device_name, _measurements
-from tasks import download, preprocess, report
+from tasks import preprocess, report
 from tasks.caching import call_cached
 from tasks.checkpoint_info import describe_checkpoint
 from tasks.evaluate import evaluate_checkpoint_task
@@ -61,28 +61,22 @@ def evaluate_latest(
         described = describe_checkpoint.map(checkpoints).result()
     config = described[-1]["config"]
     cfg = config_from_dict(local_config(config, data_dir, cache_dir, device))
-    with timer.stage("download"):
-        source_dir = None
-        if cfg.data.dataset == "cifar10":
-            source_dir = call_cached(download.download_cifar10, download.still_valid, data_dir=cfg.data.data_dir,
-                                     url=cfg.data.url, md5=cfg.data.md5, verify=cfg.data.verify)
-    with timer.stage("preprocess"):
-        image_folder = cfg.data.data_dir if cfg.data.dataset == "imagefolder" else None
-        dataset_dir = call_cached(preprocess.preprocess_data, preprocess.still_valid, config=cfg.to_dict(),
-                                  source_dir=source_dir, image_folder=image_folder)
-    with timer.stage("evaluate"):
-        evaluations = evaluate_checkpoint_task.map(
-            checkpoints, dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
-            subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
-        ).result()
-    # The paths recorded at training time may be another machine's; these are this one's.
-    history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
-    meta = read_meta(dataset_dir)
-    paths = call_cached(
-        report.write_report, report.still_valid, run_dir=str(run_path), history=history, evaluations=evaluations,
-        class_names=meta["class_names"], config=config, env=environment(_device_name(cfg.train.device)),
-        measurements=_measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
-    )
+    dataset_dir = preprocess.prepared_dataset(cfg, timer)
+    # The report is rewritten: not while a training run is writing this folder.
+    with run_folder_lock(run_path):
+        with timer.stage("evaluate"):
+            evaluations = evaluate_checkpoint_task.map(
+                checkpoints, dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
+                subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
+            ).result()
+        # The paths recorded at training time may be another machine's; these are this one's.
+        history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
+        meta = read_meta(dataset_dir)
+        paths = call_cached(
+            report.write_report, report.still_valid, run_dir=str(run_path), history=history, evaluations=evaluations,
+            class_names=meta["class_names"], config=config, env=environment(cfg.train.device),
+            measurements=measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
+        )
     accuracies = [e["accuracy"] for e in evaluations]
     best = max(range(len(accuracies)), key=accuracies.__getitem__)
     return {"run_dir": str(run_path), "epochs": len(checkpoints), "best_epoch": history[best]["epoch"],

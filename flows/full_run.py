@@ -17,7 +17,6 @@ import time
 _PROCESS_STARTED = time.time()
 
 import argparse  # noqa: E402
-import resource  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,12 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_config
-from alexnet_pipeline.device_data import resolve_device
 from alexnet_pipeline.errors import PipelineError
 from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.preflight import check_inputs
-from alexnet_pipeline.report import environment
+from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.timing import StageTimer
-from tasks import download, preprocess, report, train
+from tasks import preprocess, report, train
 from tasks.caching import call_cached
 from tasks.evaluate import evaluate_checkpoint_task
 
@@ -86,64 +84,37 @@ def full_run(
     folder, the best and final accuracy and the report's file paths."""
     params = {k: v for k, v in locals().items() if k in OVERRIDES}
     cfg = config_for(preset, config_file, **params)
-    config, run_dir = cfg.to_dict(), str(cfg.run_dir().resolve())
-    # One run per run folder: two would overwrite each other's checkpoints.
-    with run_folder_lock(run_dir):
-        return _run_stages(cfg, config, run_dir)
-
-
-def _run_stages(cfg: PipelineConfig, config: dict, run_dir: str) -> dict:
-    """full_run's stages in order, called while the run folder is locked."""
+    config = cfg.to_dict()
     timer = StageTimer()
     global _PROCESS_STARTED
     if _PROCESS_STARTED is not None:  # only the process's first flow run paid for start-up
         timer.seconds["start-up"] = round(time.time() - _PROCESS_STARTED, 3)
         _PROCESS_STARTED = None
-    with timer.stage("download"):
-        source_dir = None
-        if cfg.data.dataset == "cifar10":
-            source_dir = call_cached(download.download_cifar10, download.still_valid, data_dir=cfg.data.data_dir,
-                                     url=cfg.data.url, md5=cfg.data.md5, verify=cfg.data.verify)
-    with timer.stage("preprocess"):
-        image_folder = cfg.data.data_dir if cfg.data.dataset == "imagefolder" else None
-        dataset_dir = call_cached(preprocess.preprocess_data, preprocess.still_valid, config=config,
-                                  source_dir=source_dir, image_folder=image_folder)
-    with timer.stage("train"):
-        history = call_cached(train.fine_tune, train.still_valid, config=config, dataset_dir=dataset_dir, run_dir=run_dir)
-    with timer.stage("evaluate"):
-        evaluations = evaluate_checkpoint_task.map(
-            [h["checkpoint"] for h in history], dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
-            subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
-        ).result()
+    dataset_dir = preprocess.prepared_dataset(cfg, timer)
     meta = read_meta(dataset_dir)
-    paths = call_cached(
-        report.write_report, report.still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
-        class_names=meta["class_names"], config=config, env=environment(_device_name(cfg.train.device)),
-        measurements=_measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
-    )
+    # The default run folder follows from the config and the data's content:
+    # new images (a nightly retrain on a growing folder) get a new folder.
+    run_dir = str(cfg.run_dir(meta["key"]).resolve())
+    # One run per run folder: two would overwrite each other's checkpoints.
+    with run_folder_lock(run_dir):
+        with timer.stage("train"):
+            history = call_cached(train.fine_tune, train.still_valid, config=config, dataset_dir=dataset_dir,
+                                  run_dir=run_dir)
+        with timer.stage("evaluate"):
+            evaluations = evaluate_checkpoint_task.map(
+                [h["checkpoint"] for h in history], dataset_dir=unmapped(dataset_dir),
+                device=unmapped(cfg.train.device), subset=unmapped(cfg.data.subset),
+                batch_size=unmapped(cfg.train.eval_batch_size),
+            ).result()
+        paths = call_cached(
+            report.write_report, report.still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
+            class_names=meta["class_names"], config=config, env=environment(cfg.train.device),
+            measurements=measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
+        )
     accuracies = [e["accuracy"] for e in evaluations]
     best = max(range(len(accuracies)), key=accuracies.__getitem__)
     return {"run_dir": run_dir, "best_epoch": history[best]["epoch"], "best_test_acc": accuracies[best],
             "final_test_acc": accuracies[-1], **paths}
-
-
-def _measurements(stage_seconds: dict[str, float], device: str) -> dict:
-    import torch
-
-    gpu = resolve_device(device).type == "cuda"
-    return {
-        "stage_seconds": stage_seconds,
-        # ru_maxrss is in KiB on Linux.
-        "peak_host_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
-        "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if gpu else None,
-    }
-
-
-def _device_name(name: str) -> str:
-    import torch
-
-    device = resolve_device(name)
-    return f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -177,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         # Everything that can be checked cheaply is checked before Prefect starts.
         cfg = config_for(preset, config_file, **params)
         check_inputs(cfg)
-        check_not_locked(cfg.run_dir())
+        if cfg.out:  # a default run folder is known only once the data are hashed
+            check_not_locked(cfg.run_dir())
         result = full_run(preset=preset, config_file=config_file, **params)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
