@@ -85,11 +85,15 @@ def _write_entry(final_dir: Path, arrays: ImageArrays, meta: dict) -> None:
         for child in tmp.iterdir():
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
+        if is_complete(final_dir):
+            return  # another run on the same data finished the same entry first
         if final_dir.exists():
-            # Only reachable when an entry with this name lost a file: replace it.
+            # An entry with this name lost a file: replace it.
             shutil.rmtree(final_dir)
         os.rename(tmp, final_dir)
     except OSError as exc:
+        if is_complete(final_dir):
+            return  # lost a race to a concurrent run writing the same content
         raise _write_error(final_dir, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -143,9 +143,15 @@ def _extract(archive: Path, data_dir: Path) -> None:
         if not extracted.is_dir():
             raise DataError(f"{archive} has no {BATCHES_DIR_NAME}/ folder; use the official {ARCHIVE_NAME}")
         target = data_dir / BATCHES_DIR_NAME
+        if batches_complete(target):
+            return  # a concurrent run on the same data folder extracted it first
         if target.exists():
             # An incomplete earlier extraction (e.g. files deleted by hand).
             shutil.rmtree(target)
-        extracted.rename(target)
+        try:
+            extracted.rename(target)
+        except OSError:
+            if not batches_complete(target):  # else: lost a race to a concurrent run
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -81,6 +81,8 @@ def test_run_folder_follows_from_the_config(monkeypatch, tmp_path):
     assert a.run_dir().parts[0] == "runs"
     assert len({a.run_dir(), c.run_dir(), d.run_dir()}) == 3
     assert resolve_config("smoke", overrides={"out": str(tmp_path / "x")}).run_dir() == tmp_path / "x"
+    # The data's content key, when known, is part of the default name.
+    assert a.run_dir("aaaaaa11") == b.run_dir("aaaaaa11") != a.run_dir("bbbbbb22")
 
 
 # --- rejected configs: the message names the field ----------------------------------

@@ -175,6 +175,25 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
     assert (image_folder / "preprocessed").is_dir()  # the cache sits next to the images by default
 
 
+def test_default_run_folder_follows_config_and_data(prefect_storage, image_folder, tmp_path, monkeypatch):
+    """Same command, same data: same folder (a re-run resumes there). Same
+    command on changed images (a nightly retrain): a new folder, not an error."""
+    from PIL import Image
+
+    from flows.full_run import full_run
+
+    monkeypatch.setenv("ALEXNET_PIPELINE_RUNS_ROOT", str(tmp_path / "runs"))
+    params = dict(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=9,
+                  image_size=64, device="cpu", seed=0)
+    first = full_run(**params)
+    assert Path(first["run_dir"]).parent == tmp_path / "runs"
+    assert full_run(**params)["run_dir"] == first["run_dir"]
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(image_folder / "train" / "cat" / "extra.png")
+    second = full_run(**params)
+    assert second["run_dir"] != first["run_dir"]
+    assert Path(second["report.md"]).is_file() and Path(first["report.md"]).is_file()
+
+
 @pytest.mark.slow
 def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_dir, cli_prefect_home, tmp_path):
     out = tmp_path / "run"
