@@ -120,9 +120,11 @@ def preprocess(data: DataConfig, image_size: int, source_dir: Path | None = None
         source = None
     else:
         source = ImageFolderSource(Path(data.data_dir), workers=data.decode_workers)
-        stored_size = data.stored_size or source.auto_stored_size(image_size)
         fingerprint = source.fingerprint()
-        params = {"dataset": "imagefolder", "stored_size": stored_size, "skip_bad_images": data.skip_bad_images}
+        # "auto" is resolved from the images' sizes only when the entry is built:
+        # a cache hit then costs no pass over the image headers.
+        params = {"dataset": "imagefolder", "stored_size": data.stored_size or f"auto:{image_size}",
+                  "skip_bad_images": data.skip_bad_images}
     key_text = json.dumps({"version": PREPROCESS_VERSION, "source": fingerprint, **params}, sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     dataset_dir = cache_root / f"{params['dataset']}-{key}"
@@ -133,6 +135,7 @@ def preprocess(data: DataConfig, image_size: int, source_dir: Path | None = None
     if source is None:
         arrays = load_cifar10_arrays(source_dir)
     else:
+        params["stored_size"] = data.stored_size or source.auto_stored_size(image_size)
         arrays = source.decode(params["stored_size"], skip_bad_images=data.skip_bad_images, progress=progress)
     meta = {
         "version": PREPROCESS_VERSION,
