@@ -19,6 +19,7 @@ import socket
 import tarfile
 import tempfile
 import urllib.error
+import urllib.parse
 from pathlib import Path
 
 from alexnet_pipeline import faults
@@ -102,13 +103,35 @@ def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
         if created:
             with contextlib.suppress(OSError):
                 data_dir.rmdir()  # made for the download only; leave nothing behind
-        raise DataError(
-            f"could not download CIFAR-10 from {url} ({reason}). "
-            f"If this machine is offline, put {ARCHIVE_NAME} (from {url}) or its extracted "
-            f"{BATCHES_DIR_NAME}/ folder into {data_dir.resolve()} and run again."
-        ) from None
+        raise _offline_error(url, data_dir, reason) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def _offline_error(url: str, data_dir: Path, reason) -> DataError:
+    return DataError(
+        f"could not download CIFAR-10 from {url} ({reason}). "
+        f"If this machine is offline, put {ARCHIVE_NAME} (from {url}) or its extracted "
+        f"{BATCHES_DIR_NAME}/ folder into {data_dir.resolve()} and run again."
+    )
+
+
+def check_cifar10_reachable(data_dir: str | Path, url: str = CIFAR10_URL, timeout: float = 5.0) -> None:
+    """When a download will be needed, check that the server answers at all:
+    offline, the user hears where to put the archive in seconds rather than
+    after the orchestration has started. The download itself still reports
+    any later failure."""
+    data_dir = Path(data_dir).expanduser()
+    if batches_complete(data_dir / BATCHES_DIR_NAME) or (data_dir / ARCHIVE_NAME).is_file():
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as exc:
+        raise _offline_error(url, data_dir, exc.strerror or exc) from None
 
 
 def _refuse_unsafe_members(member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo:

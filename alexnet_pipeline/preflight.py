@@ -9,6 +9,7 @@ import numpy as np
 
 from alexnet_pipeline.config import PipelineConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset
+from alexnet_pipeline.download import check_cifar10_reachable
 from alexnet_pipeline.errors import ConfigError, WeightsError
 from alexnet_pipeline.model import build_alexnet
 
@@ -24,6 +25,8 @@ def check_inputs(cfg: PipelineConfig) -> None:
         # refuses a file that is not a state_dict, has other shapes, or would
         # run code when unpickled.
         build_alexnet(2, weights)
+    if cfg.data.dataset == "cifar10":
+        check_cifar10_reachable(cfg.data.data_dir, cfg.data.url)
     if cfg.data.dataset == "imagefolder":
         # Scanning finds a missing folder, empty classes or mismatched class sets.
         source = ImageFolderSource(Path(cfg.data.data_dir), workers=cfg.data.decode_workers)

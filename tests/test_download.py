@@ -368,3 +368,20 @@ def test_fixture_archive_is_intact(cifar_archive_dir):
     with tarfile.open(cifar_archive_dir / ARCHIVE_NAME) as tar:
         names = sorted(m.name for m in tar.getmembers())
     assert names == sorted(f"{BATCHES_DIR_NAME}/{n}" for n in BATCH_FILES)
+
+
+def test_preflight_reports_an_unreachable_server_at_once(tmp_path, cifar_data_dir):
+    """Before Prefect starts, the command line checks that a needed download
+    can reach its server: offline, the message comes in seconds."""
+    from alexnet_pipeline.download import check_cifar10_reachable
+
+    started = time.monotonic()
+    with pytest.raises(DataError, match=r"could not download CIFAR-10 from .*put cifar-10-python.tar.gz"):
+        check_cifar10_reachable(tmp_path / "empty", url=closed_port_url())
+    assert time.monotonic() - started < 5
+    assert not (tmp_path / "empty").exists()
+    # A local archive means no download: no network check at all.
+    check_cifar10_reachable(cifar_data_dir, url=closed_port_url())
+    # A reachable server passes.
+    with serve_folder(cifar_data_dir) as (base_url, _):
+        check_cifar10_reachable(tmp_path / "empty", url=f"{base_url}/{ARCHIVE_NAME}")
