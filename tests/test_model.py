@@ -94,3 +94,47 @@ def test_shape_mismatch_names_the_layer(fake_weights, tmp_path):
     torch.save(state, path)
     with pytest.raises(WeightsError, match="features.0.weight"):
         build_alexnet(10, str(path))
+
+
+def test_imagenet_weights_come_from_torchs_hub_cache(fake_weights, tmp_path, monkeypatch):
+    """--weights imagenet goes through torchvision's normal cache: a file
+    already there is used without any network."""
+    import shutil
+    import urllib.request
+
+    from alexnet_pipeline.model import imagenet_weights_file
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    cached = imagenet_weights_file()
+    assert cached.parent == tmp_path / "torch-home" / "hub" / "checkpoints"
+    assert cached.name == "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    shutil.copy(fake_weights, cached)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the cached weights should have been used without the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setattr(torch.hub, "urlopen", no_network)  # torch.hub holds its own reference
+    model = build_alexnet(10, "imagenet")
+    source = torch.load(fake_weights, weights_only=True)
+    assert torch.equal(model.state_dict()["features.0.weight"], source["features.0.weight"])
+    assert model.classifier[6].out_features == 10
+
+
+def test_imagenet_weights_offline_and_not_cached_is_a_clear_error(tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def offline(*args, **kwargs):  # what urllib raises without a network
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    monkeypatch.setattr(torch.hub, "urlopen", offline)
+    with pytest.raises(WeightsError) as err:
+        build_alexnet(10, "imagenet")
+    message = str(err.value)
+    assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path / "torch-home" / "hub" / "checkpoints") in message
+    assert "--weights PATH" in message and "--weights none" in message
