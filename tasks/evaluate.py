@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from prefect import get_run_logger, task
 
@@ -8,10 +9,17 @@ from alexnet_pipeline.evaluate import evaluate_checkpoint
 from tasks.caching import by_file_content
 
 
+def _run_name() -> str:
+    """evaluate-alexnet-07 rather than the checkpoint's whole path."""
+    from prefect.runtime import task_run
+
+    return f"evaluate-{Path(task_run.parameters['checkpoint']).stem}"
+
+
 # Keyed by the checkpoint's bytes: a rewritten checkpoint is evaluated again,
 # an unchanged one never is, wherever it lives.
 @task(name="evaluate-checkpoint", cache_policy=by_file_content("checkpoint"), persist_result=True,
-      task_run_name="evaluate-{checkpoint}")
+      task_run_name=_run_name)
 def evaluate_checkpoint_task(checkpoint: str, dataset_dir: str, device: str, subset: int | None,
                              batch_size: int) -> dict:
     result = evaluate_checkpoint(checkpoint, dataset_dir, device=device, subset=subset, batch_size=batch_size)
