@@ -8,6 +8,7 @@ a crash leaves either the old complete file or the new complete file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -15,10 +16,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def sha256_file(path: str | Path, chunk_size: int = 4 << 20) -> str:
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes. Remembered per process for an unchanged file
+    (same inode, size and modification time): a re-run checks each checkpoint
+    (~228 MB) once, not once to validate the cache and again for its key."""
+    stat = os.stat(path)
+    return _sha256_of(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
+        while chunk := f.read(4 << 20):
             digest.update(chunk)
     return digest.hexdigest()
 
