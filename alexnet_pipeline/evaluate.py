@@ -89,7 +89,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
     cached test set; refuse a checkpoint made for other classes, or for
     another input size than `image_size` when the caller names one."""
     dev = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint, map_location=dev)
+    ckpt = load_checkpoint(checkpoint)
     faults.crash_point("evaluate", int(ckpt["epoch"]))
     class_names = read_meta(dataset_dir)["class_names"]
     if list(ckpt["class_names"]) != list(class_names):
@@ -103,7 +103,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
             f"for {image_size}x{image_size}; evaluate it at image size {ckpt['image_size']}, or pick a checkpoint "
             f"trained at {image_size}"
         )
-    model = model_from_checkpoint(ckpt).to(dev)
+    model = model_from_checkpoint(ckpt, dev, source=checkpoint)
     channels_last = dev.type == "cuda"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

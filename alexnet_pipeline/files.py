@@ -8,10 +8,10 @@ a crash leaves either the old complete file or the new complete file.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,17 +20,49 @@ def sha256_file(path: str | Path) -> str:
     """SHA-256 of a file's bytes. Remembered per process for an unchanged file
     (same inode, size and modification time): a re-run checks each checkpoint
     (~228 MB) once, not once to validate the cache and again for its key."""
-    stat = os.stat(path)
-    return _sha256_of(os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
-
-
-@functools.lru_cache(maxsize=1024)
-def _sha256_of(path: str, inode: int, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
+        # Keyed by the opened file's own stat: a file renamed over `path`
+        # meanwhile is not hashed under the old one's key.
+        key = _stat_key(path, os.fstat(f.fileno()))
+        with _known_lock:
+            known = _known_sha256.get(key)
+        if known is not None:
+            return known
+        digest = hashlib.sha256()
         while chunk := f.read(4 << 20):
             digest.update(chunk)
-    return digest.hexdigest()
+    return remember_sha256(path, digest.hexdigest(), key)
+
+
+def known_sha256(path: str | Path) -> str | None:
+    """The hash of `path` if this process already knows it for the file as it
+    is now (it hashed or wrote it since the last change), else None: costs
+    one stat(), never a read."""
+    try:
+        key = _stat_key(path)
+    except OSError:
+        return None
+    with _known_lock:
+        return _known_sha256.get(key)
+
+
+def remember_sha256(path: str | Path, sha256: str, key: tuple | None = None) -> str:
+    key = key or _stat_key(path)
+    with _known_lock:
+        if len(_known_sha256) >= _KNOWN_MAX:
+            _known_sha256.pop(next(iter(_known_sha256)))  # oldest first
+        _known_sha256[key] = sha256
+    return sha256
+
+
+def _stat_key(path: str | Path, stat: os.stat_result | None = None) -> tuple:
+    stat = stat or os.stat(path)
+    return (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+_KNOWN_MAX = 4096
+_known_sha256: dict[tuple, str] = {}
+_known_lock = threading.Lock()
 
 
 def md5_file(path: str | Path, chunk_size: int = 4 << 20) -> str:

@@ -234,7 +234,7 @@ def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, opt
             log.warning("Checkpoint %s is missing or does not match the hash recorded when it was written; "
                         "training restarts from epoch 1", path)
             return fresh
-    last = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(checkpoint_dir, epoch), map_location=device)
+    last = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
     model.load_state_dict(last["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

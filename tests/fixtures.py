@@ -73,6 +73,12 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
+def sha256_of(path: Path) -> str:
+    """The file's hash read from disk now (the library's sha256_file trusts
+    what this process wrote or hashed before, which is what tests check)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def make_image_folder(root: Path, classes=("cat", "dog", "ship"), train_per_class: int = 6, test_per_class: int = 3,
                       size: int = 40, ext: str = ".png", seed: int = 0) -> Path:
     """root/train/<class>/*.png and root/test/<class>/*.png."""

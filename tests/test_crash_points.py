@@ -32,9 +32,10 @@ import torch
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.checkpoint import RESUME_NAME
-from alexnet_pipeline.files import md5_file, sha256_file
+from alexnet_pipeline.files import md5_file
 from alexnet_pipeline.lock import LOCK_NAME
 from tests.conftest import run_cli
+from tests.fixtures import sha256_of
 
 pytestmark = pytest.mark.slow
 
@@ -281,7 +282,7 @@ def test_damaged_checkpoints_are_found_by_hash_and_redone(killed_after_epoch_1, 
     assert "does not match the hash recorded" in proc.stderr and "alexnet-01.pt" in proc.stderr
     assert_same_results(out, baseline)
     redone = torch.load(out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
-    assert sha256_file(out / "checkpoints" / "alexnet-01.pt") == redone != recorded
+    assert sha256_of(out / "checkpoints" / "alexnet-01.pt") == redone != recorded
 
     # The run is finished and every task cached; now bytes change inside a
     # checkpoint (same size). The cached training result must not be trusted.
@@ -291,7 +292,7 @@ def test_damaged_checkpoints_are_found_by_hash_and_redone(killed_after_epoch_1, 
     assert "does not match the hash recorded" in proc.stderr
     assert_same_results(out, baseline)
     first = torch.load(out / "checkpoints" / "alexnet-01.pt", weights_only=True)
-    assert sha256_file(out / "checkpoints" / "alexnet-01.pt") == torch.load(
+    assert sha256_of(out / "checkpoints" / "alexnet-01.pt") == torch.load(
         out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
     baseline_first = torch.load(baseline / "checkpoints" / "alexnet-01.pt", weights_only=True)
     for name, tensor in baseline_first["model"].items():

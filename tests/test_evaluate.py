@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from alexnet_pipeline.cache import load_arrays, preprocess, read_meta
+from alexnet_pipeline.checkpoint import recent as recent_checkpoints
 from alexnet_pipeline.checkpoint import save_epoch_checkpoint
 from alexnet_pipeline.config import DataConfig
 from alexnet_pipeline.download import ensure_cifar10
@@ -21,7 +22,7 @@ from alexnet_pipeline.errors import CheckpointError
 from alexnet_pipeline.evaluate import evaluate, evaluate_checkpoint
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, new_alexnet
 from alexnet_pipeline.transforms import BatchTransform
-from tests.fixtures import CLASS_NAMES
+from tests.fixtures import CLASS_NAMES, sha256_of
 
 CPU = torch.device("cpu")
 # Maps uint8 pixels to the same values as floats: the model sees raw pixels.
@@ -140,3 +141,84 @@ def test_foreign_or_damaged_checkpoint_is_refused(tmp_path, dataset_dir):
         evaluate_checkpoint(truncated, dataset_dir, device="cpu")
     with pytest.raises(CheckpointError, match="does not exist"):
         evaluate_checkpoint(tmp_path / "missing.pt", dataset_dir, device="cpu")
+
+
+# --- checkpoints this process wrote: evaluated from memory, never stale -----------------------
+
+
+def write_checkpoint(path: Path, model: nn.Module, dataset_dir: Path, epoch: int = 1) -> str:
+    meta = {"class_names": CLASS_NAMES, "num_classes": 10, "image_size": 64, "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD, "config": {}, "seed": 5, "epoch": epoch, "dataset_key": read_meta(dataset_dir)["key"]}
+    return save_epoch_checkpoint(path, {k: v.clone() for k, v in model.state_dict().items()}, meta)
+
+
+def test_checkpoint_just_written_is_evaluated_without_reading_the_file(tmp_path, dataset_dir, monkeypatch):
+    torch.manual_seed(11)
+    path = tmp_path / "alexnet-01.pt"
+    sha256 = write_checkpoint(path, new_alexnet(10), dataset_dir)
+    assert sha256 == sha256_of(path)  # hashed while writing, and right
+    recent_checkpoints.clear()
+    from_file = evaluate_checkpoint(path, dataset_dir, device="cpu")
+    write_checkpoint(path, load_checkpoint_model(path), dataset_dir)  # same weights, same bytes, now in memory
+
+    def no_disk(*args, **kwargs):
+        raise AssertionError("torch.load was called for a checkpoint kept in memory")
+
+    monkeypatch.setattr(torch, "load", no_disk)
+    assert evaluate_checkpoint(path, dataset_dir, device="cpu") == from_file
+
+
+def load_checkpoint_model(path: Path) -> nn.Module:
+    from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
+
+    return model_from_checkpoint(load_checkpoint(path))
+
+
+def test_checkpoint_file_changed_after_writing_is_read_again(tmp_path, dataset_dir):
+    """The copy in memory is found by the file's hash: a file replaced (a
+    re-run, a copy from elsewhere) or edited since is read from disk."""
+    from alexnet_pipeline.checkpoint import load_checkpoint
+
+    torch.manual_seed(12)
+    path = tmp_path / "alexnet-01.pt"
+    first, second = new_alexnet(10), new_alexnet(10)
+    write_checkpoint(path, first, dataset_dir)
+    other = tmp_path / "other.pt"
+    write_checkpoint(other, second, dataset_dir)
+    shutil.copyfile(other, path)  # same inode, new bytes and mtime
+    assert torch.equal(load_checkpoint(path)["model"]["classifier.6.weight"], second.state_dict()["classifier.6.weight"])
+    assert evaluate_checkpoint(path, dataset_dir, device="cpu") == evaluate_checkpoint(other, dataset_dir, device="cpu")
+
+    write_checkpoint(path, first, dataset_dir)
+    damaged = bytearray(path.read_bytes())
+    damaged[-200:] = bytes(200)  # the zip's directory: unreadable, and must be reported
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(CheckpointError, match="damaged"):
+        evaluate_checkpoint(path, dataset_dir, device="cpu")
+
+
+def test_checkpoints_kept_in_memory_stay_within_the_budget():
+    from alexnet_pipeline.checkpoint import RecentCheckpoints
+
+    def ckpt(value: float) -> dict:
+        return {"model": {"w": torch.full((256,), value)}}  # 1 KiB each
+
+    kept = RecentCheckpoints(budget_bytes=2048)
+    for i in range(3):
+        kept.remember(f"sha{i}", ckpt(float(i)))
+    assert kept.get("sha0") is None  # oldest out
+    assert kept.get("sha1")["model"]["w"][0] == 1 and kept.get("sha2")["model"]["w"][0] == 2
+    kept.remember("big", {"model": {"w": torch.zeros(1024)}})  # larger than the whole budget: not kept
+    assert kept.get("big") is None and kept.get("sha2") is not None
+    assert kept.get(None) is None
+
+
+def test_checkpoint_with_wrong_weight_shapes_is_refused(tmp_path, dataset_dir):
+    path = tmp_path / "alexnet-01.pt"
+    model = new_alexnet(10)
+    write_checkpoint(path, model, dataset_dir)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["model"]["features.0.weight"] = torch.zeros(64, 3, 5, 5)
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="do not fit AlexNet with 10 classes.*features.0.weight"):
+        evaluate_checkpoint(path, dataset_dir, device="cpu")

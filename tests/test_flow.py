@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from alexnet_pipeline.errors import DataError
-from alexnet_pipeline.files import sha256_file
 from tests.conftest import run_cli
+from tests.fixtures import sha256_of
 
 # 10 images (one per class), 2 steps per epoch, 2 epochs, 64x64.
 PARAMS = {"dataset": "cifar10", "verify": False, "weights": "none", "epochs": 2, "batch_size": 5, "subset": 10,
@@ -55,7 +55,7 @@ def task_states(flow_state, expected: int, timeout: float = 30.0) -> list[tuple[
 
 
 def file_stamps(folder: Path, names) -> dict[str, tuple[int, str]]:
-    return {name: ((folder / name).stat().st_mtime_ns, sha256_file(folder / name)) for name in names}
+    return {name: ((folder / name).stat().st_mtime_ns, sha256_of(folder / name)) for name in names}
 
 
 def storage_settings(path: Path):

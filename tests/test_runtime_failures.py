@@ -32,10 +32,9 @@ from alexnet_pipeline.errors import (
     TrainingDivergedError,
 )
 from alexnet_pipeline.evaluate import evaluate_checkpoint
-from alexnet_pipeline.files import sha256_file
 from alexnet_pipeline.model import new_alexnet
 from alexnet_pipeline.train import train_run
-from tests.fixtures import make_image_folder
+from tests.fixtures import make_image_folder, sha256_of
 
 # The image_folder fixture: 3 classes, 6 train images each -> 2 steps of 9.
 BATCH = 9
@@ -62,7 +61,7 @@ def assert_epoch_1_intact(checkpoint_dir: Path) -> None:
     """alexnet-01.pt and resume.pt as epoch 1 left them; nothing half-written."""
     state = torch.load(checkpoint_dir / RESUME_NAME, weights_only=True)
     assert state["epoch"] == 1
-    assert sha256_file(checkpoint_dir / "alexnet-01.pt") == state["checkpoints"][1]
+    assert sha256_of(checkpoint_dir / "alexnet-01.pt") == state["checkpoints"][1]
     assert not (checkpoint_dir / "alexnet-02.pt").exists()
     assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["alexnet-01.pt", RESUME_NAME]
 

@@ -21,11 +21,10 @@ from alexnet_pipeline.config import config_from_dict, resolve_config
 from alexnet_pipeline.device_data import DeviceDataset
 from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import CheckpointError, ConfigError
-from alexnet_pipeline.files import sha256_file
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 from alexnet_pipeline.train import lr_factor, train_run
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
-from tests.fixtures import CLASS_NAMES
+from tests.fixtures import CLASS_NAMES, sha256_of
 
 TRAIN = {"model.weights": "none", "train.epochs": 2, "train.batch_size": 5, "train.image_size": 64,
          "train.device": "cpu", "train.seed": 3, "data.subset": 10}
@@ -66,7 +65,7 @@ def test_history_and_checkpoints(trained):
     for h in history:
         path = Path(h.checkpoint)
         assert path == run_dir / "checkpoints" / f"alexnet-{h.epoch:02d}.pt"
-        assert h.checkpoint_sha256 == sha256_file(path)
+        assert h.checkpoint_sha256 == sha256_of(path)
         assert math.isfinite(h.train_loss) and 0 <= h.train_acc <= 1 and h.epoch_seconds > 0
     # Warm-up over epoch 1 (2 steps) then cosine to zero at the last step.
     base = cfg.train.resolved_lr("none")
@@ -123,10 +122,10 @@ def test_resume_state(trained):
 
 def test_finished_run_is_not_trained_again(trained, dataset_dir):
     cfg, run_dir, history = trained
-    before = {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in (run_dir / "checkpoints").iterdir()}
+    before = {p.name: (p.stat().st_mtime_ns, sha256_of(p)) for p in (run_dir / "checkpoints").iterdir()}
     again = train_run(cfg, dataset_dir, run_dir, progress=False)
     assert [dataclasses.asdict(h) for h in again] == [dataclasses.asdict(h) for h in history]
-    assert {p.name: (p.stat().st_mtime_ns, sha256_file(p)) for p in (run_dir / "checkpoints").iterdir()} == before
+    assert {p.name: (p.stat().st_mtime_ns, sha256_of(p)) for p in (run_dir / "checkpoints").iterdir()} == before
 
 
 class _Interrupted(Exception):
@@ -147,12 +146,12 @@ def test_interrupted_run_resumes_to_the_same_weights(trained, dataset_dir, tmp_p
         train_run(cfg, dataset_dir, run_dir, on_epoch_end=stop_after_first, progress=False)
     first = run_dir / "checkpoints" / "alexnet-01.pt"
     assert not (run_dir / "checkpoints" / "alexnet-02.pt").exists()
-    stamp = (first.stat().st_mtime_ns, sha256_file(first))
+    stamp = (first.stat().st_mtime_ns, sha256_of(first))
 
     epochs_run = []
     history = train_run(cfg, dataset_dir, run_dir, on_epoch_end=lambda s: epochs_run.append(s.epoch), progress=False)
     assert epochs_run == [2]  # only the missing epoch
-    assert (first.stat().st_mtime_ns, sha256_file(first)) == stamp
+    assert (first.stat().st_mtime_ns, sha256_of(first)) == stamp
     assert numbers(history) == numbers(ref_history)
     for epoch in (1, 2):
         ours = load_checkpoint(run_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
