@@ -11,6 +11,9 @@ complete, so a folder with the final name is always whole.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +37,10 @@ log = logging.getLogger(__name__)
 PREPROCESS_VERSION = 1
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
 META_NAME = "meta.json"
+# Lock file inside a temporary entry folder while it is being built.
+BUILDING_NAME = ".building"
+# A temporary entry folder without its lock file this old was left by a killed run.
+ABANDONED_AFTER_S = 600
 
 
 def is_complete(dataset_dir: Path) -> bool:
@@ -57,9 +65,9 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
 
 def _write_error(final_dir: Path, exc: OSError) -> DataError:
     reason = exc.strerror or str(exc)
-    if exc.errno is None:
-        # numpy reports a full disk as a short write ("N requested and M
-        # written"), without an errno: say how much room is left.
+    if exc.errno in (None, errno.ENOSPC, errno.EDQUOT):
+        # A full disk (numpy may report it as a short write, "N requested
+        # and M written", without an errno): say how much room is left.
         try:
             reason += f"; {shutil.disk_usage(final_dir.parent).free / 1e6:.1f} MB left on that disk"
         except OSError:
@@ -70,33 +78,74 @@ def _write_error(final_dir: Path, exc: OSError) -> DataError:
     )
 
 
-def _write_entry(final_dir: Path, arrays: ImageArrays, meta: dict) -> None:
+def _build_entry(final_dir: Path, fill: Callable[[Path], dict]) -> dict:
+    """Build a cache entry in a temporary folder and rename it to `final_dir`.
+    `fill(folder)` writes the four arrays there and returns what meta.json
+    records about them; the meta dict written is returned."""
+    remove_abandoned_builds(final_dir.parent)
+    # Folders this call creates, removed again (if still empty) when the build
+    # fails: a refused image folder leaves the tree as it was.
+    created = [d for d in [final_dir.parent, *final_dir.parent.parents] if not d.exists()]
+    built = False
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".partial", dir=final_dir.parent))
     except OSError as exc:
         raise _write_error(final_dir, exc) from None
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        for name in ARRAY_NAMES:
-            np.save(tmp / f"{name}.npy", getattr(arrays, name), allow_pickle=False)
-            faults.crash_point("preprocess")
-        (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
-        for child in tmp.iterdir():
-            with open(child, "rb") as f:
-                os.fsync(f.fileno())
-        if is_complete(final_dir):
-            return  # another run on the same data finished the same entry first
-        if final_dir.exists():
-            # An entry with this name lost a file: replace it.
-            shutil.rmtree(final_dir)
-        os.rename(tmp, final_dir)
+        # Held while building: a later run tells a build in progress (locked)
+        # from one whose process died (the kernel released the lock).
+        with open(tmp / BUILDING_NAME, "w") as building:
+            fcntl.flock(building, fcntl.LOCK_EX)
+            os.chmod(tmp, 0o777 & ~_umask())
+            meta = fill(tmp)
+            (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
+            (tmp / BUILDING_NAME).unlink()
+            for child in tmp.iterdir():
+                with open(child, "rb") as f:
+                    os.fsync(f.fileno())
+            if is_complete(final_dir):
+                return read_meta(final_dir)  # another run on the same data finished the same entry first
+            if final_dir.exists():
+                # An entry with this name lost a file: replace it.
+                shutil.rmtree(final_dir)
+            os.rename(tmp, final_dir)
+            built = True
+            return meta
     except OSError as exc:
         if is_complete(final_dir):
-            return  # lost a race to a concurrent run writing the same content
+            return read_meta(final_dir)  # lost a race to a concurrent run writing the same content
         raise _write_error(final_dir, exc) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not built:
+            for folder in created:  # innermost first
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def remove_abandoned_builds(cache_root: Path) -> None:
+    """Delete temporary entry folders whose builder was killed (SIGKILL, a
+    preempted machine): for a large image folder each one is as big as the
+    dataset. A build still in progress holds its lock and is left alone."""
+    for partial in Path(cache_root).glob(".*.partial"):
+        try:
+            with open(partial / BUILDING_NAME, "r+") as building:
+                fcntl.flock(building, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # being built right now
+        except FileNotFoundError:
+            # No lock file: created a moment ago (the lock comes next) or
+            # already finished with it; only an old one is abandoned.
+            try:
+                if time.time() - partial.stat().st_mtime < ABANDONED_AFTER_S:
+                    continue
+            except FileNotFoundError:
+                continue
+        except OSError:
+            continue
+        log.warning("Removing %s, left by a preprocessing run that was killed", partial)
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def _umask() -> int:
@@ -132,24 +181,30 @@ def preprocess(data: DataConfig, image_size: int, source_dir: Path | None = None
         log.info("Preprocessed data found in %s", dataset_dir)
         return dataset_dir
     log.info("Preprocessing %s into %s", data.dataset, dataset_dir)
-    if source is None:
-        arrays = load_cifar10_arrays(source_dir)
-    else:
-        params["stored_size"] = data.stored_size or source.auto_stored_size(image_size)
-        arrays = source.decode(params["stored_size"], skip_bad_images=data.skip_bad_images, progress=progress)
-    meta = {
-        "version": PREPROCESS_VERSION,
-        "key": key,
-        "source_fingerprint": fingerprint,
-        **params,
-        "source": str(source_dir if source is None else source.root),
-        "class_names": arrays.class_names,
-        "num_train": int(len(arrays.train_labels)),
-        "num_test": int(len(arrays.test_labels)),
-        "skipped_files": arrays.skipped_files,
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    _write_entry(dataset_dir, arrays, meta)
+
+    def fill(folder: Path) -> dict:
+        if source is None:
+            arrays = load_cifar10_arrays(source_dir)
+            for name in ARRAY_NAMES:
+                np.save(folder / f"{name}.npy", getattr(arrays, name), allow_pickle=False)
+                faults.crash_point("preprocess")
+            described = {"class_names": arrays.class_names, "num_train": int(len(arrays.train_labels)),
+                         "num_test": int(len(arrays.test_labels)), "skipped_files": []}
+        else:
+            params["stored_size"] = data.stored_size or source.auto_stored_size(image_size)
+            described = source.decode_to(folder, params["stored_size"], skip_bad_images=data.skip_bad_images,
+                                         progress=progress)
+        return {
+            "version": PREPROCESS_VERSION,
+            "key": key,
+            "source_fingerprint": fingerprint,
+            **params,
+            "source": str(source_dir if source is None else source.root),
+            **described,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+
+    meta = _build_entry(dataset_dir, fill)
     log.info("Cached %d train and %d test images (%dx%d) in %.1f s", meta["num_train"], meta["num_test"],
-             params["stored_size"], params["stored_size"], meta["seconds"])
+             meta["stored_size"], meta["stored_size"], meta["seconds"])
     return dataset_dir

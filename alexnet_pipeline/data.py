@@ -2,13 +2,14 @@
 
     from alexnet_pipeline.data import load_cifar10_arrays, ImageFolderSource
     arrays = load_cifar10_arrays(Path("data/cifar-10-batches-py"))
-    arrays = ImageFolderSource(Path("~/photos")).decode(stored_size=64)
+    ImageFolderSource(Path("~/photos")).decode_to(folder, stored_size=64)   # .npy files in folder
 
 The arrays are what the preprocess cache (cache.py) stores and training reads.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import logging
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from alexnet_pipeline import faults
 from alexnet_pipeline.download import BATCH_FILES
 from alexnet_pipeline.errors import DataError
 
@@ -239,7 +241,7 @@ class ImageFolderSource:
 
         total = hashlib.sha256()
         with ThreadPoolExecutor(self.workers) as pool:
-            for part in pool.map(file_digest, self.train_files + self.test_files):
+            for part in bounded_map(pool, file_digest, self.train_files + self.test_files):
                 total.update(part)
         return total.hexdigest()
 
@@ -247,57 +249,108 @@ class ImageFolderSource:
         """The image size, or the largest image's short side when that is smaller
         (storing 32x32 CIFAR JPEGs at 224 would only waste memory)."""
         with ThreadPoolExecutor(self.workers) as pool:
-            largest = max(pool.map(_short_side, [p for p, _ in self.train_files + self.test_files]))
+            largest = max(bounded_map(pool, _short_side, [p for p, _ in self.train_files + self.test_files]))
         return max(8, min(image_size, largest or image_size))
 
-    def decode(self, stored_size: int, skip_bad_images: bool = False, progress: bool = True) -> ImageArrays:
+    def decode_to(self, folder: Path, stored_size: int, skip_bad_images: bool = False,
+                  progress: bool = True) -> dict:
+        """Decode every image into `folder`/{train,test}_{images,labels}.npy.
+
+        Images go straight into memory-mapped files, a bounded number in
+        flight: host memory stays flat however many images there are (1M
+        at 224x224 is 150 GB on disk, not in RAM). Returns what meta.json
+        records: class names, counts and the skipped files."""
         from tqdm import tqdm
 
-        items = self.train_files + self.test_files
-        images = np.empty((len(items), stored_size, stored_size, 3), dtype=np.uint8)
-        bad: list[str] = []
-
-        def work(index: int) -> str | None:
-            path = items[index][0]
-            try:
-                images[index] = decode_image(path, stored_size)
-            except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
-                return f"{path} ({type(exc).__name__}: {exc})"
-            return None
-
+        folder = Path(folder)
+        bar = tqdm(total=len(self.train_files) + len(self.test_files), desc="decode images", unit="img",
+                   disable=not progress)
+        bad: dict[str, list[int]] = {}
+        problems: list[str] = []
         with ThreadPoolExecutor(self.workers) as pool:
-            bar = tqdm(total=len(items), desc="decode images", unit="img", disable=not progress)
-            for problem in pool.map(work, range(len(items)), chunksize=64):
-                if problem:
-                    bad.append(problem)
-                bar.update()
-            bar.close()
-        if bad and not skip_bad_images:
-            listed = "\n  ".join(bad[:MAX_LISTED_FILES])
-            more = f"\n  ... and {len(bad) - MAX_LISTED_FILES} more" if len(bad) > MAX_LISTED_FILES else ""
+            for split, items in (("train", self.train_files), ("test", self.test_files)):
+                images = allocated_npy(folder / f"{split}_images.npy", (len(items), stored_size, stored_size, 3))
+
+                def work(index: int, items=items, images=images) -> str | None:
+                    path = items[index][0]
+                    try:
+                        images[index] = decode_image(path, stored_size)
+                    except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
+                        return f"{path} ({type(exc).__name__}: {exc})"
+                    return None
+
+                bad[split] = []
+                for index, problem in enumerate(bounded_map(pool, work, range(len(items)))):
+                    if problem:
+                        bad[split].append(index)
+                        problems.append(problem)
+                    bar.update()
+                images.flush()
+                del images
+                faults.crash_point("preprocess")
+        bar.close()
+        if problems and not skip_bad_images:
+            listed = "\n  ".join(problems[:MAX_LISTED_FILES])
+            more = f"\n  ... and {len(problems) - MAX_LISTED_FILES} more" if len(problems) > MAX_LISTED_FILES else ""
             raise DataError(
-                f"{len(bad)} image file(s) in {self.root} could not be decoded:\n  {listed}{more}\n"
+                f"{len(problems)} image file(s) in {self.root} could not be decoded:\n  {listed}{more}\n"
                 "Fix or remove them, or pass --skip-bad-images to leave them out (they are listed in the report)."
             )
-        bad_paths = {b.split(" (", 1)[0] for b in bad}
-        keep = np.array([str(p) not in bad_paths for p, _ in items], dtype=bool)
-        labels = np.array([label for _, label in items], dtype=np.int64)
-        n_train = len(self.train_files)
-        train_keep, test_keep = keep[:n_train], keep[n_train:]
-        arrays = ImageArrays(
-            train_images=images[:n_train][train_keep],
-            train_labels=labels[:n_train][train_keep],
-            test_images=images[n_train:][test_keep],
-            test_labels=labels[n_train:][test_keep],
-            class_names=list(self.class_names),
-            skipped_files=bad,
-        )
-        for split, split_labels in (("train", arrays.train_labels), ("test", arrays.test_labels)):
-            missing = sorted(set(range(len(self.class_names))) - set(split_labels.tolist()))
+        counts = {}
+        for split, items in (("train", self.train_files), ("test", self.test_files)):
+            keep = np.ones(len(items), dtype=bool)
+            keep[bad[split]] = False
+            labels = np.array([label for _, label in items], dtype=np.int64)[keep]
+            missing = sorted(set(range(len(self.class_names))) - set(labels.tolist()))
             if missing:
                 names = ", ".join(self.class_names[i] for i in missing)
                 raise DataError(f"after skipping bad images, {split}/ has no images left for: {names}")
-        return arrays
+            if bad[split]:
+                _drop_rows(folder / f"{split}_images.npy", keep)
+            np.save(folder / f"{split}_labels.npy", labels, allow_pickle=False)
+            counts[f"num_{split}"] = int(keep.sum())
+        return {"class_names": list(self.class_names), **counts, "skipped_files": problems}
+
+
+def _drop_rows(path: Path, keep: np.ndarray, rows_per_copy: int = 1024) -> None:
+    """Rewrite the .npy at `path` with only the rows in `keep`, a block at a
+    time (the array may be larger than memory)."""
+    source = np.load(path, mmap_mode="r")
+    kept_path = path.with_name(path.name + ".kept")
+    target = allocated_npy(kept_path, (int(keep.sum()),) + source.shape[1:])
+    rows = np.flatnonzero(keep)
+    for start in range(0, len(rows), rows_per_copy):
+        block = rows[start:start + rows_per_copy]
+        target[start:start + len(block)] = source[block]
+    target.flush()
+    del source, target
+    os.replace(kept_path, path)
+
+
+def allocated_npy(path: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A new uint8 .npy file of `shape`, its blocks reserved on disk, mapped
+    for writing. numpy's open_memmap makes a sparse file instead: on a disk
+    that fills up, a write through the mapping then kills the process with
+    SIGBUS instead of raising an error. Reserving first raises ENOSPC here,
+    before any image is decoded."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        offset = f.tell()
+        os.posix_fallocate(f.fileno(), 0, offset + int(np.prod(shape)))
+    return np.memmap(path, dtype=np.uint8, mode="r+", offset=offset, shape=shape)
+
+
+def bounded_map(pool: ThreadPoolExecutor, fn, items, window: int = 4096):
+    """pool.map with at most `window` calls queued: Executor.map submits
+    every item up front, a million futures for a million images."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        if len(pending) >= window:
+            yield pending.popleft().result()
+        pending.append(pool.submit(fn, item))
+    while pending:
+        yield pending.popleft().result()
 
 
 # --- Subsets -------------------------------------------------------------------

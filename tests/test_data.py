@@ -16,7 +16,7 @@ from alexnet_pipeline.config import DataConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset, decode_image, load_cifar10_arrays
 from alexnet_pipeline.download import BATCH_FILES, ensure_cifar10
 from alexnet_pipeline.errors import DataError
-from tests.fixtures import CLASS_NAMES, _batch
+from tests.fixtures import CLASS_NAMES, _batch, make_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +198,12 @@ def test_bad_image_is_listed_or_skipped(image_folder, tmp_path):
     arrays = load_arrays(dataset_dir)
     assert len(arrays.train_labels) == 18  # the 18 good ones
     assert len(arrays.skipped_files) == 1 and arrays.skipped_files[0].startswith(str(bad))
+    # The rows left are exactly the good images, in order, with their labels:
+    # the bad one (mid-array, after dog's others) is cut out, not zero-filled.
+    good = [(p, label) for label, name in enumerate(("cat", "dog", "ship"))
+            for p in sorted((image_folder / "train" / name).glob("0*.png"))]
+    assert np.array_equal(arrays.train_images, np.stack([decode_image(p, 16) for p, _ in good]))
+    assert arrays.train_labels.tolist() == [label for _, label in good]
 
 
 def _drop_test_split(root: Path) -> None:
@@ -265,3 +271,70 @@ def test_balanced_subset_with_a_short_class_and_no_limit():
     assert balanced_subset(labels, 100, 2).tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(DataError, match="smaller than the number of classes"):
         balanced_subset(labels, 1, 2)
+
+
+# --- scale: decoding never holds the dataset in memory ------------------------------------
+
+
+def test_decoding_writes_images_to_disk_not_to_memory(tmp_path):
+    """A folder larger than RAM must still preprocess: the arrays go to
+    memory-mapped files as they are decoded. 90 images stored at 256x256 are
+    18 MB; the Python heap may not grow by anything close to that (a few MB
+    of fixed overhead: file-read buffers, thread pools)."""
+    import tracemalloc
+
+    folder = make_image_folder(tmp_path / "images", train_per_class=20, test_per_class=10, size=48)
+    data = DataConfig(dataset="imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache"),
+                      stored_size=256, decode_workers=2)
+    array_bytes = 90 * 256 * 256 * 3
+    # First imports (PIL's plugins, tqdm) allocate too: get them done first.
+    warm_up = make_image_folder(tmp_path / "warm-up", train_per_class=1, test_per_class=1)
+    preprocess(DataConfig(dataset="imagefolder", data_dir=str(warm_up), cache_dir=str(tmp_path / "cache")),
+               image_size=224, progress=False)
+    tracemalloc.start()
+    try:
+        dataset_dir = preprocess(data, image_size=224, progress=False)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < array_bytes / 4, f"decoding allocated {peak / 1e6:.1f} MB for {array_bytes / 1e6:.1f} MB of images"
+    arrays = load_arrays(dataset_dir)
+    assert arrays.train_images.shape == (60, 256, 256, 3) and arrays.test_images.shape == (30, 256, 256, 3)
+    first_dog = sorted((folder / "train" / "dog").iterdir())[0]
+    assert np.array_equal(arrays.train_images[20], decode_image(first_dog, 256))
+
+
+def test_a_killed_build_is_cleaned_up_and_one_in_progress_is_not(tmp_path):
+    """A preprocessing run killed mid-way leaves a temporary folder as large as
+    the dataset; the next build removes it, unless its builder is alive."""
+    import subprocess
+    import sys
+
+    from alexnet_pipeline.cache import BUILDING_NAME
+
+    cache = tmp_path / "cache"
+    dead = cache / ".imagefolder-0123.abc.partial"
+    alive = cache / ".imagefolder-4567.def.partial"
+    for folder in (dead, alive):
+        folder.mkdir(parents=True)
+        (folder / "train_images.npy").write_bytes(bytes(1000))
+        (folder / BUILDING_NAME).touch()
+    # The builder of `dead` died holding the lock (the kernel released it); a
+    # live process holds `alive`'s.
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"f = open({str(alive / BUILDING_NAME)!r}, 'r+')\n"
+        "fcntl.flock(f, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        folder = make_image_folder(tmp_path / "images")
+        dataset_dir = preprocess(DataConfig(dataset="imagefolder", data_dir=str(folder), cache_dir=str(cache)),
+                                 image_size=64, progress=False)
+        assert not dead.exists()
+        assert (alive / "train_images.npy").is_file()
+        assert sorted(p.name for p in cache.iterdir()) == sorted([alive.name, dataset_dir.name])
+    finally:
+        holder.kill()
+        holder.wait()
