@@ -120,9 +120,10 @@ class RecentCheckpoints:
     @property
     def budget_bytes(self) -> int:
         if self._budget is None:
-            # A quarter of the memory available when first asked: training
-            # and the page cache keep the rest.
-            self._budget = _available_memory_bytes() // 4
+            # A quarter of the memory available when first asked, at most
+            # 8 GiB (35 AlexNet checkpoints): training and the page cache
+            # keep the rest.
+            self._budget = min(_available_memory_bytes() // 4, MAX_KEPT_BYTES)
         return self._budget
 
     def remember(self, sha256: str, ckpt: dict) -> None:
@@ -157,6 +158,7 @@ def _available_memory_bytes() -> int:
     return 2 << 30  # not Linux: assume little
 
 
+MAX_KEPT_BYTES = 8 << 30
 recent = RecentCheckpoints()
 
 

@@ -20,6 +20,9 @@ from alexnet_pipeline.errors import ConfigError
 
 # Share of free GPU memory the resident copy may take; the rest is for the model.
 RESIDENT_SHARE = 0.4
+# On the CPU the "device" is host RAM: copy the (subset of the) data out of
+# the memory map unless told otherwise (tests set 0 to take the streamed path).
+HOST_RESIDENT_LIMIT = 1 << 62
 
 
 def resolve_device(name: str) -> torch.device:
@@ -41,7 +44,7 @@ class DeviceDataset:
                 free, _ = torch.cuda.mem_get_info(device)
                 resident_limit_bytes = int(free * RESIDENT_SHARE)
             else:
-                resident_limit_bytes = 1 << 62  # host RAM: the page cache decides
+                resident_limit_bytes = HOST_RESIDENT_LIMIT
         self.resident = nbytes <= resident_limit_bytes
         self.labels = torch.from_numpy(np.asarray(labels[keep], dtype=np.int64)).to(device)
         if self.resident:
@@ -55,15 +58,21 @@ class DeviceDataset:
             self._keep = keep
 
     def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield (uint8 images NHWC, labels, positions in `order`) on the device."""
-        positions = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        """Yield (uint8 images NHWC, labels, dataset indices) on the device,
+        in the order `order` (CPU) gives. The order is copied to the device
+        once: a per-step copy from pageable host memory would wait for the
+        GPU to finish the previous step (a hidden sync)."""
+        order_dev = order.to(self.device)
+        starts = range(0, len(order), batch_size)
         if self.resident:
-            order_dev = order.to(self.device)
-            for start, pos in zip(range(0, len(order), batch_size), positions):
+            for start in starts:
                 index = order_dev[start:start + batch_size]
-                yield self.images[index], self.labels[index], pos
+                yield self.images[index], self.labels[index], index
             return
-        yield from self._streamed(positions)
+        host_batches = self._streamed([order[start:start + batch_size] for start in starts])
+        for start, host in zip(starts, host_batches):
+            index = order_dev[start:start + batch_size]
+            yield host.to(self.device, non_blocking=True), self.labels[index], index
 
     def _gather_host(self, index: torch.Tensor) -> torch.Tensor:
         rows = self._keep[index.numpy()]
@@ -73,16 +82,16 @@ class DeviceDataset:
         block = np.empty((len(rows),) + self._host_images.shape[1:], dtype=np.uint8)
         block[sort] = self._host_images[rows[sort]]
         batch = torch.from_numpy(block)
+        # Pinned: the copy to the GPU is then truly asynchronous.
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
-    def _streamed(self, positions: list[torch.Tensor]):
+    def _streamed(self, positions: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """Host batches gathered by a background thread, one ahead of use."""
         if not positions:
             return
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="batch-prefetch") as pool:
             pending = [pool.submit(self._gather_host, positions[0])]
-            for i, index in enumerate(positions):
+            for i in range(len(positions)):
                 if i + 1 < len(positions):
                     pending.append(pool.submit(self._gather_host, positions[i + 1]))
-                host = pending.pop(0).result()
-                labels = self.labels[index.to(self.device)]
-                yield host.to(self.device, non_blocking=True), labels, index
+                yield pending.pop(0).result()

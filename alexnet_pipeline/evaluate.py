@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
 from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
 from alexnet_pipeline.data import balanced_subset
-from alexnet_pipeline.device_data import resolve_device
+from alexnet_pipeline.device_data import DeviceDataset, resolve_device
 from alexnet_pipeline.errors import CheckpointError, DeviceMemoryError
 from alexnet_pipeline.transforms import BatchTransform
 
@@ -34,29 +35,49 @@ class EvalResult:
     num_images: int
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, transform: BatchTransform,
              num_classes: int, batch_size: int) -> EvalResult:
     """`images` uint8 (N, S, S, 3) and `labels` already on the model's device;
     the test set is read in its stored order (no shuffling)."""
-    device = labels.device
+    batches = ((images[start:start + batch_size], labels[start:start + batch_size])
+               for start in range(0, len(labels), batch_size))
+    return evaluate_batches(model, batches, transform, num_classes)
+
+
+@torch.no_grad()
+def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                     transform: BatchTransform, num_classes: int) -> EvalResult:
+    """The one evaluation loop: uint8 image batches and their labels on the
+    model's device in, the numbers out. Totals stay on the device until the
+    end (one sync per evaluation, not one per batch)."""
     model.eval()
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
-    for start in range(0, len(labels), batch_size):
-        x = transform(images[start:start + batch_size])
-        y = labels[start:start + batch_size]
+    loss_sum = confusion = None
+    for x_uint8, y in batches:
+        if confusion is None:
+            device = y.device
+            loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+            confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
+        x = transform(x_uint8)
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if y.device.type == "cuda"
+                    else contextlib.nullcontext())
         with autocast:
             logits = model(x)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes * num_classes)
-    matrix = confusion.view(num_classes, num_classes).cpu().numpy()  # the one sync
+        # scatter_add_, not bincount: bincount reads its input's range back
+        # to the host on CUDA, a sync per batch.
+        cells = y * num_classes + logits.argmax(1)
+        confusion.scatter_add_(0, cells, torch.ones_like(cells))
+    if confusion is None:
+        matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+        loss_total = 0.0
+    else:
+        matrix = confusion.view(num_classes, num_classes).cpu().numpy()  # the one sync
+        loss_total = float(loss_sum.item())
     per_class_total = matrix.sum(1)
     per_class = np.divide(np.diag(matrix), per_class_total, out=np.zeros(num_classes), where=per_class_total > 0)
     n = int(matrix.sum())
     return EvalResult(
-        loss=float(loss_sum.item() / max(n, 1)),
+        loss=loss_total / max(n, 1),
         accuracy=float(np.trace(matrix) / max(n, 1)),
         per_class_accuracy=[float(v) for v in per_class],
         confusion=matrix.astype(int).tolist(),
@@ -64,21 +85,21 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     )
 
 
-_test_sets: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_test_sets: dict[tuple, DeviceDataset] = {}
 _test_sets_lock = threading.Lock()
 
 
-def test_set_on_device(dataset_dir: Path, subset: int | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test images and labels on `device`, loaded once per process: the
-    checkpoint sweep evaluates many checkpoints against the same test set."""
+def test_set_on_device(dataset_dir: Path, subset: int | None, device: torch.device) -> DeviceDataset:
+    """The test images and labels for `device`, prepared once per process
+    (evaluation reads the same test set for every checkpoint): held on the
+    device as uint8 when they fit, else streamed from the memory-mapped cache
+    like training data."""
     key = (str(Path(dataset_dir).resolve()), read_meta(dataset_dir)["key"], subset, str(device))
     with _test_sets_lock:
         if key not in _test_sets:
             arrays = load_arrays(dataset_dir)
             keep = balanced_subset(arrays.test_labels, subset, len(arrays.class_names))
-            images = torch.from_numpy(np.ascontiguousarray(arrays.test_images[keep])).to(device)
-            labels = torch.from_numpy(np.asarray(arrays.test_labels[keep], dtype=np.int64)).to(device)
-            _test_sets[key] = (images, labels)
+            _test_sets[key] = DeviceDataset(arrays.test_images, arrays.test_labels, keep, device)
         return _test_sets[key]
 
 
@@ -109,8 +130,10 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
         model = model.to(memory_format=torch.channels_last)
     transform = BatchTransform(int(ckpt["image_size"]), ckpt["mean"], ckpt["std"], dev, channels_last)
     try:
-        images, labels = test_set_on_device(Path(dataset_dir), subset, dev)
-        return evaluate(model, images, labels, transform, len(class_names), batch_size)
+        test_set = test_set_on_device(Path(dataset_dir), subset, dev)
+        in_stored_order = torch.arange(test_set.count)
+        batches = ((images, labels) for images, labels, _ in test_set.batches(in_stored_order, batch_size))
+        return evaluate_batches(model, batches, transform, len(class_names))
     except torch.cuda.OutOfMemoryError:
         raise DeviceMemoryError(
             f"the GPU ran out of memory evaluating {checkpoint} in batches of {batch_size}; set a smaller "

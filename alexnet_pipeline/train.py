@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import math
 import time
@@ -87,12 +88,18 @@ class CheckpointWriter:
     """Writes checkpoints in order on one background thread; the training loop
     only pays for a copy of the state. `drain()` re-raises a failed write."""
 
-    def __init__(self):
+    def __init__(self, max_pending: int = 2):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
         self._pending: list[Future] = []
+        # Each pending epoch holds a host copy of the weights and optimizer
+        # state (~0.7 GB for AlexNet): on a disk slower than training, wait
+        # rather than let them pile up.
+        self._max_pending = max_pending
 
     def submit(self, fn: Callable, *args) -> Future:
         self._raise_failures()
+        while len(self._pending) >= self._max_pending:
+            self._pending.pop(0).result()
         future = self._pool.submit(fn, *args)
         self._pending.append(future)
         return future
@@ -198,6 +205,12 @@ def train_run(
         writer.drain()
     finally:
         writer.close()
+        # The model, optimizer and resident data reference each other: without
+        # a collection their GPU memory would stay taken through evaluation.
+        del trainer, model, optimizer, scheduler
+        gc.collect()
+        if cuda:
+            torch.cuda.empty_cache()
     final = ckpt_io.load_resume_state(checkpoint_dir)
     return [EpochStats(**h) for h in final["history"]]
 
@@ -236,9 +249,27 @@ def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, opt
             return fresh
     last = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
     model.load_state_dict(last["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """optimizer.load_state_dict, made safe across devices: a run started on
+    a GPU may resume on the CPU and back (device "auto"). The saved state
+    keeps the GPU's channels_last strides and its `fused` flag; the CPU's
+    fused AdamW would pair elements of differently laid out tensors wrongly,
+    silently. So moments take their parameter's device and layout, and the
+    implementation flags stay what this device chose."""
+    chosen = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flags in zip(optimizer.param_groups, chosen):
+        group.update(flags)
+        for param in group["params"]:
+            state = optimizer.state.get(param, {})
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    state[key] = torch.empty_like(param).copy_(value)
 
 
 @dataclass
@@ -269,7 +300,7 @@ class Trainer:
         data, device = self.data, self.data.device
         generator = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         order = torch.randperm(data.count, generator=generator)
-        augmentation = (Augmentation.draw(data.count, self.crop_padding, generator)
+        augmentation = (Augmentation.draw(data.count, self.crop_padding, generator).to(device)
                         if self.crop_padding is not None else None)
         # Dropout draws from the global generators: reseed them per epoch too.
         torch.manual_seed(epoch_seed(self.seed, epoch) + 1)
@@ -283,8 +314,8 @@ class Trainer:
         seen = 0
         bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.epochs}", unit="batch", disable=not progress)
         started = time.perf_counter()
-        for step, (images, labels, batch_positions) in enumerate(data.batches(order, self.batch_size)):
-            aug = augmentation.select(batch_positions, device) if augmentation is not None else None
+        for step, (images, labels, index) in enumerate(data.batches(order, self.batch_size)):
+            aug = augmentation.select(index) if augmentation is not None else None
             inputs = self.transform(images, aug)
             with self.autocast():
                 logits = self.model(inputs)

@@ -3,7 +3,8 @@ float NCHW at the model's input size out. No per-image Python, no PIL.
 
 Augmentation parameters are drawn on the CPU from a generator seeded by
 (seed, epoch), so an epoch's augmentation depends on nothing else: a resumed
-run sees exactly the images an uninterrupted run would have seen.
+run sees exactly the images an uninterrupted run would have seen. They are
+drawn for every image of the epoch at once and copied to the device once.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ class Augmentation:
         flips = torch.rand(count, generator=generator) < 0.5
         return Augmentation(offsets, flips, padding)
 
-    def select(self, index: torch.Tensor, device: torch.device) -> Augmentation:
-        return Augmentation(self.offsets[index].to(device, non_blocking=True),
-                            self.flips[index].to(device, non_blocking=True), self.padding)
+    def to(self, device: torch.device) -> Augmentation:
+        """Copied once per epoch; `select` then indexes on the device without
+        a per-step host-to-device copy (each one would be a sync)."""
+        return Augmentation(self.offsets.to(device), self.flips.to(device), self.padding)
+
+    def select(self, index: torch.Tensor) -> Augmentation:
+        """The parameters of the images `index` (on the same device)."""
+        return Augmentation(self.offsets[index], self.flips[index], self.padding)
 
 
 class BatchTransform:

@@ -21,6 +21,19 @@ from tests.fixtures import make_cifar_archive, make_fake_weights, make_image_fol
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def few_checkpoints_in_memory():
+    """Every test trains models of 228 MB: the test process keeps at most
+    two of its checkpoints in memory, and none from an earlier test."""
+    from alexnet_pipeline.checkpoint import recent
+
+    recent.clear()
+    budget, recent._budget = recent._budget, 500 << 20
+    yield
+    recent.clear()
+    recent._budget = budget
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness

@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import REPO
@@ -17,12 +18,40 @@ def test_throughput_quick_reports_all_fields():
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
     assert result["device"] == "cpu"
-    for key in ("seed_img_per_s", "pipeline_img_per_s", "streamed_img_per_s", "eval_img_per_s", "checkpoint_eval_seconds"):
+    for key in ("seed_img_per_s", "pipeline_img_per_s", "streamed_img_per_s", "streamed_photo_img_per_s",
+                "eval_img_per_s", "checkpoint_eval_seconds", "checkpoint_eval_in_memory_seconds"):
         assert result[key] > 0, key
     # speedup is computed from the unrounded rates, the rates are printed rounded to 0.1
     # img/s: at CPU rates of ~20 img/s that rounding alone moves the ratio by ~0.5%.
     assert result["speedup"] == pytest.approx(result["pipeline_img_per_s"] / result["seed_img_per_s"], rel=0.01, abs=0.006)
-    assert result["peak_gpu_mem_gb"] is None
+    assert result["peak_gpu_mem_gb"] is None and result["eval_peak_gpu_mem_gb"] is None
     # The table precedes the JSON line and names both recipes.
     table = "\n".join(lines[:-1])
     assert "seed recipe (tutorial)" in table and "pipeline, train" in table
+
+
+def test_image_folder_packed_as_the_official_cifar_archive(tmp_path):
+    """benchmarks/cifar_archive_from_folder.py (used on the GPU machine, which
+    cannot download CIFAR-10) writes an archive the download stage accepts,
+    holding exactly the folder's pixels and labels in CIFAR-10's class order."""
+    from PIL import Image
+
+    from alexnet_pipeline.data import load_cifar10_arrays
+    from alexnet_pipeline.download import ensure_cifar10
+    from tests.fixtures import CLASS_NAMES, make_image_folder
+
+    folder = make_image_folder(tmp_path / "jpeg", classes=tuple(sorted(CLASS_NAMES)), train_per_class=3,
+                               test_per_class=2, size=32)
+    data_dir = tmp_path / "data"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cifar_archive_from_folder.py"), str(folder),
+                           str(data_dir)], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    arrays = load_cifar10_arrays(ensure_cifar10(data_dir, verify=False, progress=False))
+    assert arrays.class_names == CLASS_NAMES
+    assert arrays.train_images.shape == (30, 32, 32, 3) and arrays.test_images.shape == (20, 32, 32, 3)
+    for images, labels, split in ((arrays.train_images, arrays.train_labels, "train"),
+                                  (arrays.test_images, arrays.test_labels, "test")):
+        for image, label in zip(images, labels):
+            matches = [np.array_equal(image, np.asarray(Image.open(p).convert("RGB")))
+                       for p in (folder / split / CLASS_NAMES[label]).iterdir()]
+            assert sum(matches) == 1  # each stored image is one file of its own class

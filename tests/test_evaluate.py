@@ -222,3 +222,14 @@ def test_checkpoint_with_wrong_weight_shapes_is_refused(tmp_path, dataset_dir):
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError, match="do not fit AlexNet with 10 classes.*features.0.weight"):
         evaluate_checkpoint(path, dataset_dir, device="cpu")
+
+
+def test_test_set_too_large_for_the_device_is_streamed_with_the_same_result(checkpoint, dataset_dir, monkeypatch):
+    from alexnet_pipeline import device_data, evaluate as evaluate_module
+
+    resident = evaluate_checkpoint(checkpoint[0], dataset_dir, device="cpu", batch_size=7)
+    monkeypatch.setattr(evaluate_module, "_test_sets", {})
+    monkeypatch.setattr(device_data, "HOST_RESIDENT_LIMIT", 0)
+    streamed = evaluate_checkpoint(checkpoint[0], dataset_dir, device="cpu", batch_size=7)
+    assert not next(iter(evaluate_module._test_sets.values())).resident
+    assert streamed == resident and streamed.num_images == 20

@@ -244,10 +244,10 @@ def test_out_of_memory_in_evaluation_suggests_a_smaller_eval_batch(monkeypatch, 
         "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225), "epoch": 1,
     })
 
-    def evaluate(*args, **kwargs):
+    def evaluate_batches(*args, **kwargs):
         raise cuda_oom()
 
-    monkeypatch.setattr("alexnet_pipeline.evaluate.evaluate", evaluate)
+    monkeypatch.setattr("alexnet_pipeline.evaluate.evaluate_batches", evaluate_batches)
     with pytest.raises(DeviceMemoryError) as failed:
         evaluate_checkpoint(checkpoint, dataset_dir, device="cpu", batch_size=1000)
     assert "eval_batch_size" in str(failed.value) and "250" in str(failed.value)

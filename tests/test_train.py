@@ -4,6 +4,7 @@ whole-batch transforms."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -263,3 +264,45 @@ def test_streamed_batches_equal_resident_ones():
     first = keep[order[:3].numpy()]
     assert torch.equal(batches_a[0][0], torch.from_numpy(images[first]))
     assert batches_a[0][1].tolist() == labels[first].tolist()
+
+
+def test_optimizer_state_saved_on_a_gpu_resumes_correctly_on_the_cpu():
+    """A run started on a GPU (channels_last moments, fused AdamW) and resumed
+    on the CPU must take the same optimizer step as one that stayed on the
+    CPU: the CPU's fused kernel would misread channels_last moments."""
+    from alexnet_pipeline.train import load_optimizer_state
+
+    def model_and_optimizer(fused):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 4 * 4, 2))
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1, fused=fused)
+
+    def one_step(model, optimizer, seed):
+        torch.manual_seed(seed)
+        model(torch.randn(4, 3, 6, 6)).square().mean().backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    # What a CUDA run saves: moments laid out channels_last, fused=True.
+    gpu_model, gpu_optimizer = model_and_optimizer(fused=True)
+    gpu_model.to(memory_format=torch.channels_last)
+    one_step(gpu_model, gpu_optimizer, seed=1)
+    saved = copy.deepcopy(gpu_optimizer.state_dict())  # as read back from resume.pt: shares no tensor
+    assert not saved["state"][0]["exp_avg"].is_contiguous() and saved["param_groups"][0]["fused"] is True
+
+    reference_model, reference_optimizer = model_and_optimizer(fused=None)
+    reference_model.load_state_dict(gpu_model.state_dict())
+    reference_state = copy.deepcopy(saved)
+    reference_state["state"] = {k: {n: v.contiguous() for n, v in s.items()} for k, s in reference_state["state"].items()}
+    reference_state["param_groups"] = [{**g, "fused": None} for g in reference_state["param_groups"]]
+    reference_optimizer.load_state_dict(reference_state)
+    resumed_model, resumed_optimizer = model_and_optimizer(fused=None)
+    resumed_model.load_state_dict(gpu_model.state_dict())
+    load_optimizer_state(resumed_optimizer, saved)
+
+    assert resumed_optimizer.param_groups[0]["fused"] is None  # this device's choice, not the saved one
+    assert resumed_optimizer.state[resumed_model[0].weight]["exp_avg"].is_contiguous()
+    for model, optimizer in ((reference_model, reference_optimizer), (resumed_model, resumed_optimizer)):
+        one_step(model, optimizer, seed=2)
+    for ours, reference in zip(resumed_model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=0, atol=0)
