@@ -11,6 +11,7 @@
 #
 # Steps:
 #   bench   benchmarks/throughput.py at 224x224 (tutorial recipe vs the pipeline, evaluation, streaming)
+#   batches the pipeline's training step at batch 512 and 1024 (is the default of 256 leaving speed behind?)
 #   cifar   the JPEG copy packed into the official cifar-10-python.tar.gz format (the machine has no
 #           network), then `python flows/full_run.py --no-verify --weights none`: the complete default
 #           30-epoch run, wall time measured from outside; then the same command again (cache hits)
@@ -55,6 +56,12 @@ for step in "$@"; do
     bench)
       timed throughput python3 benchmarks/throughput.py ${BENCH_ARGS:-}
       tail -1 "$OUT/throughput.log" > "$OUT/throughput.json"
+      ;;
+    batches)  # the pipeline's step at larger batches (the recipe's lr scales with the batch)
+      for batch in 512 1024; do
+        timed "throughput_batch$batch" python3 benchmarks/throughput.py --batch-size "$batch" --seed-steps 5 ${BENCH_ARGS:-}
+        grep -E "^pipeline|^peak" "$OUT/throughput_batch$batch.log" | sed "s/^/batch $batch: /" >> "$OUT/summary.txt"
+      done
       ;;
     cifar)
       [ -f "$WORK/cifar-data/cifar-10-python.tar.gz" ] ||
