@@ -38,6 +38,11 @@ def checkpoint_path(checkpoint_dir: Path, epoch: int) -> Path:
     return Path(checkpoint_dir) / f"alexnet-{epoch:02d}.pt"
 
 
+def checkpoint_epoch(path: Path) -> int:
+    """7 for .../alexnet-07.pt."""
+    return int(_CHECKPOINT_RE.search(Path(path).name).group(1))
+
+
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
     """Epoch checkpoints sorted by epoch number (not by name: 100 > 99)."""
     found = [(int(m.group(1)), p) for p in Path(checkpoint_dir).glob("alexnet-*.pt") if (m := _CHECKPOINT_RE.search(p.name))]

@@ -107,6 +107,13 @@ class PipelineConfig:
         # Where the data sits and how it is decoded do not change results.
         for key in ("data_dir", "cache_dir", "decode_workers", "url"):
             d["data"].pop(key)
+        # A weights file counts by its content: the same path holding other
+        # weights is another run, not a cache hit.
+        weights = Path(self.model.weights).expanduser()
+        if self.model.weights not in ("imagenet", "none") and weights.is_file():
+            from alexnet_pipeline.files import sha256_file
+
+            d["model"]["weights_sha256"] = sha256_file(weights)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
 
     def run_dir(self, dataset_key: str | None = None) -> Path:

@@ -7,20 +7,40 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from alexnet_pipeline.checkpoint import list_checkpoints
+from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state
 from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.files import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The epoch checkpoints of a run folder, by epoch; an error if there are none."""
-    checkpoint_dir = Path(run_dir) / "checkpoints"
+    """The epoch checkpoints of a run folder, by epoch, leaving out (with a
+    warning) any whose bytes differ from the hash training recorded for it;
+    an error if none is left."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CheckpointError(f"run folder {run_dir} does not exist; give the folder of a run "
+                              "(runs/<name>, or the --out it was trained with)")
+    checkpoint_dir = run_dir / "checkpoints"
     found = list_checkpoints(checkpoint_dir)
     if not found:
         raise CheckpointError(f"{run_dir} holds no checkpoints (expected {checkpoint_dir}/alexnet-NN.pt); "
                               "give the folder of a run that trained at least one epoch")
-    return found
+    state = load_resume_state(checkpoint_dir) or {}
+    recorded = state.get("checkpoints", {})
+    damaged = [p for p in found if recorded.get(checkpoint_epoch(p)) not in (None, sha256_file(p))]
+    if damaged:
+        log.warning("Leaving out %s: the content differs from what training wrote (damaged or replaced); "
+                    "run the training command again to redo those epochs", ", ".join(p.name for p in damaged))
+    intact = [p for p in found if p not in damaged]
+    if not intact:
+        raise CheckpointError(f"every checkpoint in {checkpoint_dir} differs from what training wrote; "
+                              "run the training command again to redo them")
+    return intact
 
 
 def latest_run_dir(root: str | Path) -> Path:

@@ -162,7 +162,7 @@ def train_run(
 
     fingerprint = cfg.fingerprint()
     dataset_key = read_meta(dataset_dir)["key"]
-    resume_state = _resume(checkpoint_dir, fingerprint, dataset_key, model, optimizer, scheduler, device)
+    resume_state = _resume(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler)
     history = [EpochStats(**h) for h in resume_state["history"]]
     start_epoch = resume_state["epoch"] + 1
     if start_epoch > 1:
@@ -192,6 +192,7 @@ def train_run(
             resume_state = {
                 "epoch": epoch,
                 "config_fingerprint": fingerprint,
+                "config": cfg.to_dict(),
                 "dataset_key": dataset_key,
                 "optimizer": _to_cpu(optimizer.state_dict()),
                 "scheduler": scheduler.state_dict(),
@@ -230,14 +231,14 @@ def _out_of_memory_hint(t: TrainConfig, where: str):
         ) from None
 
 
-def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, optimizer, scheduler, device) -> dict:
+def _resume(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, optimizer, scheduler) -> dict:
     fresh = {"epoch": 0, "history": [], "checkpoints": {}}
     state = ckpt_io.load_resume_state(checkpoint_dir)
     if state is None:
         return fresh
-    if state.get("config_fingerprint") != fingerprint or state.get("dataset_key") != dataset_key:
-        raise CheckpointError(
-            f"{checkpoint_dir.parent} holds a run with a different configuration or dataset; "
+    if state.get("config_fingerprint") != cfg.fingerprint() or state.get("dataset_key") != dataset_key:
+        raise ConfigError(
+            f"{checkpoint_dir.parent} holds a run with {_what_differs(state, cfg, dataset_key)}; "
             "pass another --out, or delete that folder to start over"
         )
     epoch = state["epoch"]
@@ -252,6 +253,24 @@ def _resume(checkpoint_dir: Path, fingerprint: str, dataset_key: str, model, opt
     load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state
+
+
+def _what_differs(state: dict, cfg: PipelineConfig, dataset_key: str) -> str:
+    """'a different train.epochs (1 there, 2 now)', for the refusal message."""
+    if state.get("dataset_key") != dataset_key:
+        return "different data (the images' content differs)"
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return "a different configuration"
+    now = cfg.to_dict()
+    ignored = {"out", "data.data_dir", "data.cache_dir", "data.decode_workers", "data.url"}
+    changed = [f"{section}.{key} ({saved[section].get(key)!r} there, {value!r} now)"
+               for section, fields in now.items() if isinstance(fields, dict)
+               for key, value in fields.items()
+               if f"{section}.{key}" not in ignored and saved.get(section, {}).get(key) != value]
+    if not changed:
+        return "other starting weights (the --weights file's content differs)"
+    return "a different " + ", ".join(changed)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:

@@ -28,6 +28,7 @@ from alexnet_pipeline.lock import run_folder_lock
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
+from flows.interrupt import exit_on_interrupt
 from tasks import preprocess, report
 from tasks.caching import call_cached
 from tasks.checkpoint_info import describe_checkpoint
@@ -94,7 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    exit_on_interrupt("run the same command again")
     try:
+        if args["run_dir"]:  # a wrong folder is reported before Prefect starts
+            run_checkpoints(args["run_dir"])
         result = evaluate_latest(**args)
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)

@@ -32,6 +32,7 @@ from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.preflight import check_inputs
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.timing import StageTimer
+from flows.interrupt import exit_on_interrupt
 from tasks import preprocess, report, train
 from tasks.caching import call_cached
 from tasks.evaluate import evaluate_checkpoint_task
@@ -99,7 +100,7 @@ def full_run(
     with run_folder_lock(run_dir):
         with timer.stage("train"):
             history = call_cached(train.fine_tune, train.still_valid, config=config, dataset_dir=dataset_dir,
-                                  run_dir=run_dir)
+                                  run_dir=run_dir, config_fingerprint=cfg.fingerprint())
         with timer.stage("evaluate"):
             evaluations = evaluate_checkpoint_task.map(
                 [h["checkpoint"] for h in history], dataset_dir=unmapped(dataset_dir),
@@ -142,6 +143,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    exit_on_interrupt()
     preset, config_file = args.pop("preset"), args.pop("config_file")
     params = {k: v for k, v in args.items() if v is not None}
     try:
@@ -154,9 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as exc:
         print(f"\nerror: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("\ninterrupted: run the same command again to resume", file=sys.stderr)
-        return 130
     print(
         f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
         f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"

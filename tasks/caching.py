@@ -52,6 +52,10 @@ class SourceFiles(CachePolicy):
     added, removed or edited. (The library's own cache is keyed by content.)"""
 
     params: tuple[str, ...] = ()
+    # Only these subfolders of each folder, when given: an image folder's
+    # train/ and test/, not the preprocessed cache that lives beside them by
+    # default (scanning it would change the key once the first run wrote it).
+    subfolders: tuple[str, ...] = ()
 
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
         digest = hashlib.sha256()
@@ -60,10 +64,11 @@ class SourceFiles(CachePolicy):
             if not root or not Path(root).is_dir():
                 digest.update(f"{param}:absent".encode())
                 continue
-            for path in sorted(Path(root).rglob("*")):
-                if path.is_file():
-                    stat = path.stat()
-                    digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            for folder in [Path(root) / sub for sub in self.subfolders] or [Path(root)]:
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file():
+                        stat = path.stat()
+                        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
         return digest.hexdigest()
 
 

@@ -13,8 +13,8 @@ from tasks.caching import ACROSS_RUNS, SourceFiles, call_cached
 
 # The source folder's file listing is part of the key: an edited image folder
 # is preprocessed again, even though the config did not change.
-@task(name="preprocess", cache_policy=ACROSS_RUNS + SourceFiles(params=("source_dir", "image_folder")),
-      persist_result=True)
+@task(name="preprocess", cache_policy=ACROSS_RUNS + SourceFiles(params=("source_dir",))
+      + SourceFiles(params=("image_folder",), subfolders=("train", "test")), persist_result=True)
 def preprocess_data(config: dict, source_dir: str | None, image_folder: str | None) -> str:
     """Folder of cached uint8 arrays for this source (built once, by content).
     `source_dir`: extracted CIFAR-10 batches; `image_folder`: an image folder."""

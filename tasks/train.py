@@ -13,10 +13,12 @@ from tasks.caching import ACROSS_RUNS
 
 
 @task(name="fine-tune", cache_policy=ACROSS_RUNS, persist_result=True)
-def fine_tune(config: dict, dataset_dir: str, run_dir: str) -> list[dict]:
+def fine_tune(config: dict, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
     """Train (or resume) and return one dict of stats per epoch, each naming
     its checkpoint. The library resumes from the run folder's last complete
-    epoch, so a re-run after a crash redoes at most the epoch in progress."""
+    epoch, so a re-run after a crash redoes at most the epoch in progress.
+    `config_fingerprint` is there for the cache key: it covers what `config`
+    only names, such as the content of a --weights file."""
     cfg = config_from_dict(config)
     logger = get_run_logger()
     epochs = cfg.train.epochs

@@ -7,8 +7,12 @@ accuracy.csv numbers and the same final weights, bit for bit on the CPU."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,7 +22,7 @@ import pytest
 import torch
 
 from alexnet_pipeline.errors import DataError
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.fixtures import sha256_of
 
 # 10 images (one per class), 2 steps per epoch, 2 epochs, 64x64.
@@ -173,6 +177,11 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
         assert f"| {name} |" in report
     assert (out / "confusion.png").is_file() and (out / "checkpoints" / "alexnet-01.pt").is_file()
     assert (image_folder / "preprocessed").is_dir()  # the cache sits next to the images by default
+    # ... and writing it there does not make the next run's preprocessing a miss.
+    again = full_run(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=9,
+                     image_size=64, device="cpu", seed=0, out=str(out), return_state=True)
+    assert task_states(again, expected=4) == sorted(
+        [(stage, "Cached") for stage in ("preprocess", "fine-tune", "evaluate", "write-report")])
 
 
 def test_default_run_folder_follows_config_and_data(prefect_storage, image_folder, tmp_path, monkeypatch):
@@ -222,3 +231,40 @@ def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_di
     assert all(torch.equal(final[k], expected[k]) for k in expected)
     for name in REPORT_FILES:
         assert (out / name).is_file()
+
+
+def test_ctrl_c_stops_at_once_with_how_to_resume(cifar_data_dir, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the whole process group, the temporary
+    Prefect server included. The run stops within seconds with one line saying
+    how to resume and exit status 130, not minutes of retries and a traceback;
+    the run folder is left resumable (lock released, no partial file kept)."""
+    from alexnet_pipeline.lock import check_not_locked
+
+    out = tmp_path / "run"
+    args = [*CLI_ARGS, "--epochs", "40", "--data-dir", str(cifar_data_dir), "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / ".prefect")}
+    for harness_var in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(harness_var, None)  # a real temporary server, as a user gets
+    with open(tmp_path / "stderr.txt", "w+") as err:
+        proc = subprocess.Popen([sys.executable, str(REPO / "flows" / "full_run.py"), *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=err, text=True, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 240
+            while not (out / "checkpoints" / "alexnet-01.pt").exists():
+                assert proc.poll() is None and time.monotonic() < deadline, "the run ended before epoch 1"
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGINT)
+            interrupted = time.monotonic()
+            proc.wait(timeout=60)
+            seconds = time.monotonic() - interrupted
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        err.seek(0)
+        stderr = err.read()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert seconds < 20, f"took {seconds:.0f} s to stop"
+    assert "interrupted: run the same command again to resume" in stderr and "Traceback" not in stderr
+    check_not_locked(out)
+    assert not (out / "checkpoints" / "alexnet-40.pt").exists()

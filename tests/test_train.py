@@ -162,9 +162,27 @@ def test_interrupted_run_resumes_to_the_same_weights(trained, dataset_dir, tmp_p
 
 def test_another_config_in_the_same_folder_is_refused(trained, dataset_dir):
     _, run_dir, _ = trained
+    trained_lr = config_from_dict(torch.load(run_dir / "checkpoints" / RESUME_NAME, weights_only=True)["config"]).train.lr
     other = make_config(dataset_dir, **{"train.lr": 0.5})
-    with pytest.raises(CheckpointError, match="different configuration"):
+    with pytest.raises(ConfigError, match=rf"a different train.lr \({trained_lr!r} there, 0.5 now\)"):
         train_run(other, dataset_dir, run_dir, progress=False)
+
+
+def test_other_weights_in_the_same_file_are_another_run(dataset_dir, tmp_path):
+    """--weights PATH counts by content: new weights under the same name are
+    not the finished run's weights (a new default folder, or a refusal)."""
+    from alexnet_pipeline.model import new_alexnet
+
+    weights = tmp_path / "start.pt"
+    torch.save(new_alexnet(1000).state_dict(), weights)
+    cfg = make_config(dataset_dir, **{"model.weights": str(weights), "train.epochs": 1})
+    first_fingerprint, first_default_folder = cfg.fingerprint(), cfg.run_dir("datakey")
+    run_dir = tmp_path / "run"
+    train_run(cfg, dataset_dir, run_dir, progress=False)
+    torch.save(new_alexnet(1000).state_dict(), weights)  # other random weights, same path
+    assert cfg.fingerprint() != first_fingerprint and cfg.run_dir("datakey") != first_default_folder
+    with pytest.raises(ConfigError, match="other starting weights"):
+        train_run(cfg, dataset_dir, run_dir, progress=False)
 
 
 # Under the Prefect harness, library log lines outside a flow run make Prefect warn.
@@ -306,3 +324,28 @@ def test_optimizer_state_saved_on_a_gpu_resumes_correctly_on_the_cpu():
         one_step(model, optimizer, seed=2)
     for ours, reference in zip(resumed_model.parameters(), reference_model.parameters(), strict=True):
         torch.testing.assert_close(ours, reference, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:Logger 'alexnet_pipeline.run_folder' attempted to send logs")
+def test_evaluation_leaves_out_a_checkpoint_changed_since_training(trained, tmp_path, caplog):
+    """flows/evaluate.py evaluates what run_checkpoints lists: a checkpoint
+    whose bytes differ from the hash training recorded is never scored."""
+    from alexnet_pipeline.errors import CheckpointError
+    from alexnet_pipeline.run_folder import run_checkpoints
+
+    _, run_dir, _ = trained
+    copy_dir = tmp_path / "run"
+    shutil.copytree(run_dir, copy_dir)
+    assert [p.name for p in run_checkpoints(copy_dir)] == ["alexnet-01.pt", "alexnet-02.pt"]
+    damaged = copy_dir / "checkpoints" / "alexnet-02.pt"
+    data = bytearray(damaged.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside the weights: still loads, wrong numbers
+    damaged.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        assert [p.name for p in run_checkpoints(copy_dir)] == ["alexnet-01.pt"]
+    assert "Leaving out alexnet-02.pt" in caplog.text
+    (copy_dir / "checkpoints" / "alexnet-01.pt").write_bytes(b"not what training wrote")
+    with pytest.raises(CheckpointError, match="every checkpoint"):
+        run_checkpoints(copy_dir)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        run_checkpoints(tmp_path / "nowhere")
