@@ -65,15 +65,21 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
 
 def _write_error(final_dir: Path, exc: OSError) -> DataError:
     reason = exc.strerror or str(exc)
-    if exc.errno in (None, errno.ENOSPC, errno.EDQUOT):
-        # A full disk (numpy may report it as a short write, "N requested
-        # and M written", without an errno): say how much room is left.
-        try:
-            reason += f"; {shutil.disk_usage(final_dir.parent).free / 1e6:.1f} MB left on that disk"
-        except OSError:
-            pass
+    where = final_dir.parent
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR):
+        return DataError(f"cannot create the preprocessed cache folder {where}: a file is in the way ({reason}); "
+                         "point --cache-dir at a folder")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return DataError(f"cannot write the preprocessed cache under {where} ({reason}); "
+                         "point --cache-dir at a folder you can write to")
+    # A full disk (numpy may report it as a short write, "N requested and M
+    # written", without an errno): say how much room is left.
+    try:
+        reason += f"; {shutil.disk_usage(where).free / 1e6:.1f} MB left on that disk"
+    except OSError:
+        pass
     return DataError(
-        f"cannot write the preprocessed cache under {final_dir.parent} ({reason}); "
+        f"cannot write the preprocessed cache under {where} ({reason}); "
         "free some disk space or point --cache-dir at a disk with room (entries already there are intact)"
     )
 

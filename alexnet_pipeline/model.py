@@ -48,6 +48,29 @@ def imagenet_weights_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
+def check_imagenet_weights_reachable(timeout: float = 5.0) -> None:
+    """Offline and not in torch's hub cache: say so in seconds, before the
+    data is prepared, rather than when training starts."""
+    import socket
+    import urllib.parse
+
+    from torchvision.models import AlexNet_Weights
+
+    if imagenet_weights_file().is_file():
+        return
+    url = AlexNet_Weights.IMAGENET1K_V1.url
+    parts = urllib.parse.urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        raise WeightsError(
+            f"could not reach {parts.hostname} for torchvision's ImageNet AlexNet weights "
+            f"({exc.strerror or exc}) and they are not in torch's cache. Offline? Copy "
+            f"{url.rsplit('/', 1)[-1]} to {imagenet_weights_file()}, or pass --weights PATH "
+            "(a torchvision-format state_dict) or --weights none (random init)."
+        ) from None
+
+
 def load_imagenet_state_dict() -> dict[str, torch.Tensor]:
     from torchvision.models import AlexNet_Weights
 

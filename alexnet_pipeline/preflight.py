@@ -11,7 +11,8 @@ from alexnet_pipeline.config import PipelineConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset
 from alexnet_pipeline.download import check_cifar10_reachable
 from alexnet_pipeline.errors import ConfigError, WeightsError
-from alexnet_pipeline.model import build_alexnet
+from alexnet_pipeline.model import build_alexnet, check_imagenet_weights_reachable
+from alexnet_pipeline.train import check_crop_padding
 
 
 def check_inputs(cfg: PipelineConfig) -> None:
@@ -26,6 +27,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
         # run code when unpickled.
         build_alexnet(2, weights)
     if cfg.data.dataset == "cifar10":
+        check_crop_padding(cfg.train, 32)
         check_cifar10_reachable(cfg.data.data_dir, cfg.data.url)
     if cfg.data.dataset == "imagefolder":
         # Scanning finds a missing folder, empty classes or mismatched class sets.
@@ -37,3 +39,5 @@ def check_inputs(cfg: PipelineConfig) -> None:
                 f"train.batch_size: {cfg.train.batch_size} is larger than the {count} training images "
                 f"in {source.root / 'train'}; use a smaller --batch-size"
             )
+    if weights == "imagenet":
+        check_imagenet_weights_reachable()

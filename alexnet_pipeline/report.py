@@ -48,8 +48,12 @@ def accuracy_figure(df: pd.DataFrame):
     acc_ax.plot(df["epoch"], df["train_acc"] * 100, "o-", label="train")
     acc_ax.plot(df["epoch"], df["test_acc"] * 100, "o-", label="test")
     acc_ax.axvline(best["epoch"], color="grey", linestyle=":", linewidth=1)
+    # Label on the side of the line with more room: a best last epoch would
+    # push it past the plot's right edge.
+    in_second_half = best["epoch"] > (df["epoch"].min() + df["epoch"].max()) / 2
     acc_ax.annotate(f"best {best['test_acc'] * 100:.2f}% (epoch {int(best['epoch'])})",
-                    (best["epoch"], best["test_acc"] * 100), textcoords="offset points", xytext=(5, -14), fontsize=9)
+                    (best["epoch"], best["test_acc"] * 100), textcoords="offset points",
+                    xytext=(-5 if in_second_half else 5, -14), ha="right" if in_second_half else "left", fontsize=9)
     acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy per epoch")
     loss_ax.plot(df["epoch"], df["train_loss"], "o-", label="train (with label smoothing)")
     loss_ax.plot(df["epoch"], df["test_loss"], "o-", label="test (cross-entropy)")

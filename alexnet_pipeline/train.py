@@ -150,13 +150,15 @@ def train_run(
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is larger than the {len(keep)} training images; use a smaller --batch-size"
         )
-    # Created only now: a run refused above leaves no folder behind.
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_io.remove_partial_files(checkpoint_dir)
+    check_crop_padding(t, arrays.train_images.shape[1])
     torch.manual_seed(t.seed)
     with _out_of_memory_hint(t, "building the model"):
         trainer = build_trainer(t, cfg.model.weights, arrays.train_images, arrays.train_labels, keep,
                                 len(class_names), device, resident_limit_bytes)
+    # Created only now: a run refused above (bad settings, weights that cannot
+    # be had) leaves no folder behind.
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_io.remove_partial_files(checkpoint_dir)
     model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
 
@@ -214,6 +216,16 @@ def train_run(
             torch.cuda.empty_cache()
     final = ckpt_io.load_resume_state(checkpoint_dir)
     return [EpochStats(**h) for h in final["history"]]
+
+
+def check_crop_padding(t: TrainConfig, stored_side: int) -> None:
+    """Random crops come from a reflect-padded image: the padding must be
+    smaller than the image it pads."""
+    if t.augment and t.crop_padding >= stored_side:
+        raise ConfigError(
+            f"train.crop_padding: {t.crop_padding} is not smaller than the stored images' side ({stored_side} px); "
+            f"use at most {stored_side - 1} (4 is usual for 32x32 images), or augment: false"
+        )
 
 
 @contextlib.contextmanager

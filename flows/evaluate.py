@@ -23,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import config_from_dict, runs_root
-from alexnet_pipeline.errors import PipelineError
+from alexnet_pipeline.errors import ConfigError, PipelineError
 from alexnet_pipeline.lock import run_folder_lock
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
@@ -63,6 +63,16 @@ def evaluate_latest(
     config = described[-1]["config"]
     cfg = config_from_dict(local_config(config, data_dir, cache_dir, device))
     dataset_dir = preprocess.prepared_dataset(cfg, timer)
+    trained_on = described[-1].get("dataset_key")
+    if trained_on and read_meta(dataset_dir)["key"] != trained_on:
+        # The run's report describes the run: scored on other images it would
+        # silently describe something else.
+        raise ConfigError(
+            f"the data in {cfg.data.data_dir} is not what {run_path} was trained on (its content differs); "
+            "evaluate-latest rewrites that run's own report, so point --data-dir at the training data "
+            "(a copy anywhere is fine). To score a checkpoint on other images, use "
+            "alexnet_pipeline.evaluate.evaluate_checkpoint."
+        )
     # The report is rewritten: not while a training run is writing this folder.
     with run_folder_lock(run_path):
         with timer.stage("evaluate"):

@@ -6,7 +6,7 @@ worker per GPU). Waits for all, then writes sweep.csv and sweep.png.
     python flows/sweep.py --file sweep.yaml        # keys: trials, grid, base, out
 
 Needs a Prefect server with the deployments of deployments/prefect.yaml and at
-least one worker (docs/deployments.md); PREFECT_API_URL names the server.
+least one worker (README.md, "Run on several GPU machines"); PREFECT_API_URL names the server.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def sweep(
     for index, params in enumerate(planned, start=1):
         check_trial(index, params)
     # Absolute, because the trials write there from other machines: a shared
-    # filesystem mounted at the same path everywhere (docs/deployments.md).
+    # filesystem mounted at the same path everywhere (README.md, "Run on several GPU machines").
     sweep_dir = (Path(out).expanduser() if out else default_sweep_dir(runs_root(), planned)).resolve()
     launched = [{**params, "out": params.get("out") or str(sweep_dir / f"trial-{index:02d}")}
                 for index, params in enumerate(planned, start=1)]
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     base = {**(spec.get("base") or {}), **{k: _value(v) for k, v in args.set}}
     if not PREFECT_API_URL.value():
         print("error: a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
-              "(see docs/deployments.md)", file=sys.stderr)
+              "(see README.md, \"Run on several GPU machines\")", file=sys.stderr)
         return 2
     try:
         result = sweep(trials=spec.get("trials"), grid=grid or None, base=base or None, out=args.out or spec.get("out"),

@@ -11,8 +11,9 @@ from tasks.caching import by_file_content
 @task(name="describe-checkpoint", cache_policy=by_file_content("checkpoint"), persist_result=True,
       task_run_name="describe-{checkpoint}")
 def describe_checkpoint(checkpoint: str) -> dict:
-    """What a checkpoint says about itself: epoch, config, class names and
-    that epoch's training stats (without the weights)."""
+    """What a checkpoint says about itself: epoch, config, class names, the
+    key of the data it was trained on and that epoch's training stats
+    (without the weights)."""
     ckpt = load_checkpoint(checkpoint)
     return {"epoch": ckpt["epoch"], "config": ckpt["config"], "class_names": ckpt["class_names"],
-            "train_stats": ckpt["train_stats"]}
+            "train_stats": ckpt["train_stats"], "dataset_key": ckpt.get("dataset_key")}

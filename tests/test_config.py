@@ -108,6 +108,8 @@ def test_run_folder_follows_from_the_config(monkeypatch, tmp_path):
         ({"data.dataset": "mnist"}, "data.dataset"),
         ({"train.device": "tpu"}, "train.device"),
         ({"train.schedule": "linear"}, "train.schedule"),
+        ({"train.warmup_epochs": float("inf")}, "train.warmup_epochs"),
+        ({"train.lr": float("nan")}, "train.lr"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_field(overrides, field):
@@ -150,6 +152,28 @@ def test_malformed_yaml_names_the_line(tmp_path):
     message = str(err.value)
     assert "malformed YAML" in message and str(bad) in message
     assert "line 4" in message or "line 5" in message, message
+
+
+def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string; the user meant a number."""
+    cfg = resolve_config("default", write_yaml(tmp_path / "lr.yaml", "train:\n  lr: 1e-4\n  weight_decay: 5E-2\n"))
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 0.05
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    twice = write_yaml(tmp_path / "twice.yaml", "train:\n  epochs: 1\n  lr: 0.001\n  epochs: 5\n")
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", twice)
+    assert "'epochs' is given twice" in str(err.value) and "line 4" in str(err.value)
+
+
+def test_crop_padding_larger_than_cifar_images_is_refused_before_any_work(tmp_path):
+    from alexnet_pipeline.preflight import check_inputs
+
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")  # present: no network check
+    cfg = resolve_config("smoke", overrides={"data.data_dir": str(tmp_path), "train.crop_padding": 40})
+    with pytest.raises(ConfigError, match=r"train.crop_padding: 40 is not smaller than the stored images' side \(32 px\)"):
+        check_inputs(cfg)
 
 
 def test_missing_config_file_and_unknown_preset(tmp_path):

@@ -338,3 +338,13 @@ def test_a_killed_build_is_cleaned_up_and_one_in_progress_is_not(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_cache_dir_that_is_a_file_says_so(image_folder, tmp_path):
+    in_the_way = tmp_path / "cache"
+    in_the_way.write_text("not a folder")
+    with pytest.raises(DataError) as err:
+        preprocess(DataConfig(dataset="imagefolder", data_dir=str(image_folder), cache_dir=str(in_the_way)),
+                   image_size=64, progress=False)
+    assert "a file is in the way" in str(err.value) and "disk space" not in str(err.value)
+    assert in_the_way.read_text() == "not a folder"

@@ -268,3 +268,25 @@ def test_ctrl_c_stops_at_once_with_how_to_resume(cifar_data_dir, tmp_path):
     assert "interrupted: run the same command again to resume" in stderr and "Traceback" not in stderr
     check_not_locked(out)
     assert not (out / "checkpoints" / "alexnet-40.pt").exists()
+
+
+def test_evaluate_latest_rewrites_the_report_and_refuses_other_data(first_run, tmp_path):
+    from alexnet_pipeline.errors import ConfigError
+    from flows.evaluate import evaluate_latest
+    from tests.fixtures import make_cifar_archive
+
+    copy = tmp_path / "run"
+    shutil.copytree(first_run.out, copy)
+    (copy / "accuracy.csv").unlink()
+    with storage_settings(tmp_path / "storage"):
+        result = evaluate_latest(run_dir=str(copy))
+        ours, ref = pd.read_csv(copy / "accuracy.csv"), pd.read_csv(first_run.out / "accuracy.csv")
+        pd.testing.assert_frame_equal(ours[NUMBER_COLUMNS], ref[NUMBER_COLUMNS])
+        assert result["epochs"] == 2
+
+        other_data = tmp_path / "other-data"
+        make_cifar_archive(other_data, seed=7)  # same classes, other images
+        before = (copy / "report.md").read_bytes()
+        with pytest.raises(ConfigError, match="not what .* was trained on"):
+            evaluate_latest(run_dir=str(copy), data_dir=str(other_data))
+        assert (copy / "report.md").read_bytes() == before

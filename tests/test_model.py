@@ -138,3 +138,30 @@ def test_imagenet_weights_offline_and_not_cached_is_a_clear_error(tmp_path, monk
     message = str(err.value)
     assert "alexnet-owt-7be5be79.pth" in message and str(tmp_path / "torch-home" / "hub" / "checkpoints") in message
     assert "--weights PATH" in message and "--weights none" in message
+
+
+def test_imagenet_weights_offline_are_reported_before_the_data_is_prepared(tmp_path, monkeypatch):
+    """The CLI's preflight: offline and not in torch's cache, the run stops in
+    seconds instead of after download and preprocessing."""
+    import socket
+
+    from alexnet_pipeline.config import resolve_config
+    from alexnet_pipeline.preflight import check_inputs
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+
+    def offline(*args, **kwargs):
+        raise OSError(-3, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"")  # the data is there
+    cfg = resolve_config("default", overrides={"data.data_dir": str(tmp_path)})
+    with pytest.raises(WeightsError) as err:
+        check_inputs(cfg)
+    assert "Temporary failure in name resolution" in str(err.value) and "--weights none" in str(err.value)
+    # Once the file is in torch's cache, no network is needed.
+    from alexnet_pipeline.model import imagenet_weights_file
+
+    imagenet_weights_file().parent.mkdir(parents=True)
+    imagenet_weights_file().write_bytes(b"cached")
+    check_inputs(cfg)
