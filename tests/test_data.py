@@ -304,6 +304,8 @@ def test_decoding_writes_images_to_disk_not_to_memory(tmp_path):
     assert np.array_equal(arrays.train_images[20], decode_image(first_dog, 256))
 
 
+# Under the Prefect harness, library log lines outside a flow run make Prefect warn.
+@pytest.mark.filterwarnings("ignore:Logger 'alexnet_pipeline.cache' attempted to send logs")
 def test_a_killed_build_is_cleaned_up_and_one_in_progress_is_not(tmp_path):
     """A preprocessing run killed mid-way leaves a temporary folder as large as
     the dataset; the next build removes it, unless its builder is alive."""
