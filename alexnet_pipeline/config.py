@@ -32,6 +32,9 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 # filesystem every worker mounts, so a run written on one GPU host can be read
 # (evaluated, compared in a sweep) from another.
 RUNS_ROOT_ENV = "ALEXNET_PIPELINE_RUNS_ROOT"
+# Where the data sits and how it is decoded do not change results: left out
+# of the fingerprint (and of what a refusal to resume reports as different).
+RESULT_NEUTRAL_DATA_FIELDS = ("data_dir", "cache_dir", "decode_workers", "url")
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 
@@ -105,8 +108,7 @@ class PipelineConfig:
         """Hash of everything that changes results; the run folder follows from it."""
         d = self.to_dict()
         d.pop("out")
-        # Where the data sits and how it is decoded do not change results.
-        for key in ("data_dir", "cache_dir", "decode_workers", "url"):
+        for key in RESULT_NEUTRAL_DATA_FIELDS:
             d["data"].pop(key)
         # A weights file counts by its content: the same path holding other
         # weights is another run, not a cache hit.

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state
+from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state, verify_checkpoint
 from alexnet_pipeline.errors import CheckpointError
-from alexnet_pipeline.files import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,8 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
                               "give the folder of a run that trained at least one epoch")
     state = load_resume_state(checkpoint_dir) or {}
     recorded = state.get("checkpoints", {})
-    damaged = [p for p in found if recorded.get(checkpoint_epoch(p)) not in (None, sha256_file(p))]
+    damaged = [p for p in found
+               if (expected := recorded.get(checkpoint_epoch(p))) and not verify_checkpoint(p, expected)]
     if damaged:
         log.warning("Leaving out %s: the content differs from what training wrote (damaged or replaced); "
                     "run the training command again to redo those epochs", ", ".join(p.name for p in damaged))

@@ -31,7 +31,7 @@ from torch import nn
 from alexnet_pipeline import checkpoint as ckpt_io
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
-from alexnet_pipeline.config import PipelineConfig, TrainConfig
+from alexnet_pipeline.config import RESULT_NEUTRAL_DATA_FIELDS, PipelineConfig, TrainConfig
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
 from alexnet_pipeline.errors import CheckpointError, ConfigError, DeviceMemoryError, TrainingDivergedError
@@ -275,7 +275,7 @@ def _what_differs(state: dict, cfg: PipelineConfig, dataset_key: str) -> str:
     if not isinstance(saved, dict):
         return "a different configuration"
     now = cfg.to_dict()
-    ignored = {"out", "data.data_dir", "data.cache_dir", "data.decode_workers", "data.url"}
+    ignored = {f"data.{name}" for name in RESULT_NEUTRAL_DATA_FIELDS}
     changed = [f"{section}.{key} ({saved[section].get(key)!r} there, {value!r} now)"
                for section, fields in now.items() if isinstance(fields, dict)
                for key, value in fields.items()

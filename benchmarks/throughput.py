@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint, save_epoch_checkpoint  # noqa: E402
 from alexnet_pipeline.checkpoint import recent as recent_checkpoints  # noqa: E402
 from alexnet_pipeline.config import TrainConfig  # noqa: E402
+from alexnet_pipeline.data import allocated_npy  # noqa: E402
 from alexnet_pipeline.device_data import resolve_device  # noqa: E402
 from alexnet_pipeline.evaluate import evaluate  # noqa: E402
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
@@ -114,8 +115,7 @@ def bench_pipeline(device: torch.device, image_size: int, batch_size: int, warmu
     count = batch_size * max(warmup, steps)
     _, labels = random_images(count, seed=2)
     with tempfile.TemporaryDirectory() as tmp:
-        images = np.lib.format.open_memmap(Path(tmp) / "train_images.npy", mode="w+", dtype=np.uint8,
-                                           shape=(count, stored_size, stored_size, 3))
+        images = allocated_npy(Path(tmp) / "train_images.npy", (count, stored_size, stored_size, 3))
         block = np.random.default_rng(2).integers(0, 256, (min(count, 512),) + images.shape[1:], dtype=np.uint8)
         for start in range(0, count, len(block)):  # content does not matter for speed: repeat one random block
             images[start:start + len(block)] = block[: count - start]
