@@ -349,3 +349,31 @@ def test_evaluation_leaves_out_a_checkpoint_changed_since_training(trained, tmp_
         run_checkpoints(copy_dir)
     with pytest.raises(CheckpointError, match="does not exist"):
         run_checkpoints(tmp_path / "nowhere")
+
+
+def test_checkpoint_writer_lets_at_most_two_epochs_wait():
+    """Each pending epoch holds ~0.7 GB of host copies: on a disk slower than
+    training, the third submission waits for the oldest write to finish."""
+    import threading
+
+    from alexnet_pipeline.train import CheckpointWriter
+
+    release = [threading.Event() for _ in range(3)]
+    writer = CheckpointWriter(max_pending=2)
+    try:
+        writer.submit(release[0].wait)
+        writer.submit(release[1].wait)
+        third_submitted = threading.Event()
+        submitter = threading.Thread(target=lambda: (writer.submit(release[2].wait), third_submitted.set()))
+        submitter.start()
+        assert not third_submitted.wait(0.5)  # blocked: two writes pending
+        release[0].set()
+        assert third_submitted.wait(5)
+        release[1].set()
+        release[2].set()
+        submitter.join(5)
+        writer.drain()
+    finally:
+        for event in release:
+            event.set()
+        writer.close()
