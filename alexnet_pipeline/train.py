@@ -95,14 +95,31 @@ class CheckpointWriter:
         # state (~0.7 GB for AlexNet): on a disk slower than training, wait
         # rather than let them pile up.
         self._max_pending = max_pending
+        # What the disk gave and what training paid for it (the run's log
+        # line "checkpoint writer: ..."): a writer slower than training shows
+        # up as waited_seconds.
+        self.waited_seconds = 0.0
+        self.write_seconds = 0.0
+        self.bytes_written = 0
 
     def submit(self, fn: Callable, *args) -> Future:
+        """`fn` may return the number of bytes it wrote, for the statistics."""
         self._raise_failures()
+        started = time.perf_counter()
         while len(self._pending) >= self._max_pending:
             self._pending.pop(0).result()
-        future = self._pool.submit(fn, *args)
+        self.waited_seconds += time.perf_counter() - started
+        future = self._pool.submit(self._timed, fn, *args)
         self._pending.append(future)
         return future
+
+    def _timed(self, fn: Callable, *args):
+        started = time.perf_counter()
+        written = fn(*args)
+        self.write_seconds += time.perf_counter() - started
+        if isinstance(written, int):
+            self.bytes_written += written
+        return written
 
     def _raise_failures(self) -> None:
         for future in [f for f in self._pending if f.done()]:
@@ -110,17 +127,28 @@ class CheckpointWriter:
             future.result()
 
     def drain(self) -> None:
-        for future in self._pending:
-            future.result()
+        started = time.perf_counter()
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self.waited_seconds += time.perf_counter() - started
         self._pending.clear()
+
+    def summary(self, epochs: int, copy_seconds: float) -> str:
+        rate = self.bytes_written / self.write_seconds / 1e9 if self.write_seconds else 0.0
+        return (f"checkpoint writer: {epochs} epochs, {self.bytes_written / 1e9:.2f} GB written in "
+                f"{self.write_seconds:.1f} s ({rate:.2f} GB/s); training waited {self.waited_seconds:.2f} s "
+                f"for it and {copy_seconds:.2f} s copying state to the host")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
 
 def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict, resume_state: dict,
-                 written: dict[int, str]) -> None:
-    """Runs on the writer thread, which alone updates `written` (epoch -> SHA-256)."""
+                 written: dict[int, str]) -> int:
+    """Runs on the writer thread, which alone updates `written` (epoch ->
+    SHA-256). Returns the bytes written."""
     path = ckpt_io.checkpoint_path(checkpoint_dir, epoch)
     written[epoch] = ckpt_io.save_epoch_checkpoint(path, model_state, meta)
     resume_state["checkpoints"] = dict(written)
@@ -128,6 +156,7 @@ def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict
         h["checkpoint_sha256"] = written.get(h["epoch"], "")
     ckpt_io.save_resume_state(checkpoint_dir, resume_state)
     faults.crash_point("after-checkpoint", epoch)
+    return path.stat().st_size + (checkpoint_dir / ckpt_io.RESUME_NAME).stat().st_size
 
 
 def train_run(
@@ -183,12 +212,14 @@ def train_run(
     }
     written = dict(resume_state["checkpoints"])
     writer = CheckpointWriter()
+    copy_seconds = 0.0  # device-to-host copies of the state, paid by training
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             if faults.armed("mid-epoch", epoch):
                 writer.drain()  # crash tests: the same state on disk every time
             with _out_of_memory_hint(t, f"epoch {epoch}"):
                 stats = trainer.train_epoch(epoch, progress)
+            copy_started = time.perf_counter()
             stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
             history.append(stats)
             resume_state = {
@@ -202,10 +233,14 @@ def train_run(
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
-            writer.submit(_write_epoch, checkpoint_dir, epoch, _to_cpu(model.state_dict()), meta, resume_state, written)
+            model_state = _to_cpu(model.state_dict())
+            copy_seconds += time.perf_counter() - copy_started
+            writer.submit(_write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         writer.drain()
+        if t.epochs >= start_epoch:
+            log.info(writer.summary(t.epochs - start_epoch + 1, copy_seconds))
     finally:
         writer.close()
         # The model, optimizer and resident data reference each other: without

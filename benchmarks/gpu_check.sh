@@ -11,18 +11,23 @@
 #
 # Steps:
 #   bench   benchmarks/throughput.py at 224x224 (tutorial recipe vs the pipeline, evaluation, streaming)
+#   profile benchmarks/profile_step.py: where a step's time goes (kernels, GPU busy share, TFLOP/s);
+#           `profile_compile` also times the model under torch.compile
+#   disk    the write rate the run folder's disk gives (2 GB, fsync'd), against what checkpoints need
 #   batches the pipeline's training step at batch 512 and 1024 (is the default of 256 leaving speed behind?)
 #   cifar   the JPEG copy packed into the official cifar-10-python.tar.gz format (the machine has no
 #           network), then `python flows/full_run.py --no-verify --weights none`: the complete default
 #           30-epoch run, wall time measured from outside; then the same command again (cache hits)
 #   jpegN   `--dataset imagefolder` on the JPEG copy with --weights none and seed N (accuracy)
-# Logs, reports and summary.txt go to $OUT; the summary is printed last.
+# Logs and reports are packed into $OUT/gpu_check.tgz after every step (the
+# device tool returns at most 8 files); summary.txt is printed last.
 # A dry run of the mechanics on a CPU (minutes, numbers meaningless):
 #   RUN_ARGS="--preset smoke --device cpu" BENCH_ARGS="--quick --device cpu" bash benchmarks/gpu_check.sh bench cifar
 set -uo pipefail
-OUT=${OUT:-/tmp/out}
+RESULTS=${OUT:-/tmp/out}
 WORK=$PWD/.gpuwork   # git-ignored; kept between calls while the machine stays warm
-mkdir -p "$OUT" "$WORK"
+OUT=$WORK/logs       # every log and report; packed into $RESULTS after each step
+rm -rf "$OUT" && mkdir -p "$OUT" "$RESULTS"
 [ $# -gt 0 ] || set -- bench cifar jpeg1 jpeg2
 
 if ! python3 -c "import prefect" 2>/dev/null && [ ! -d /tmp/site/prefect ]; then
@@ -41,11 +46,16 @@ timed() {
   local name=$1 start rc
   shift
   start=$(now)
-  "$@" > "$OUT/$name.log" 2>&1
+  timeout "${STEP_TIMEOUT:-300}" "$@" > "$OUT/$name.log" 2>&1
   rc=$?
   echo "$name: rc=$rc wall_s=$(since "$start") | $(grep -E '^best test accuracy' "$OUT/$name.log" | head -1)" \
     >> "$OUT/summary.txt"
+  grep -ohE "checkpoint writer: .*" "$OUT/$name.log" | tail -1 | sed "s/^/  /" >> "$OUT/summary.txt"
+  if [ $rc -ne 0 ]; then tail -25 "$OUT/$name.log" | sed "s/^/  | /" >> "$OUT/summary.txt"; fi
+  pack
 }
+
+pack() { tar -czf "$RESULTS/gpu_check.tgz" -C "$OUT" . 2>/dev/null; cp "$OUT/summary.txt" "$RESULTS/" 2>/dev/null; }
 
 keep_report() {  # keep_report NAME RUN_DIR
   mkdir -p "$OUT/$1" && cp "$2"/{accuracy.csv,accuracy.png,confusion.png,report.md} "$OUT/$1/" 2>/dev/null
@@ -56,6 +66,17 @@ for step in "$@"; do
     bench)
       timed throughput python3 benchmarks/throughput.py ${BENCH_ARGS:-}
       tail -1 "$OUT/throughput.log" > "$OUT/throughput.json"
+      ;;
+    profile|profile_compile)
+      timed "$step" python3 benchmarks/profile_step.py $([ "$step" = profile_compile ] && echo --compile) \
+        ${PROFILE_ARGS:-}
+      grep -E "^pipeline step|^work:|^profiled" "$OUT/$step.log" | sed "s/^/  /" >> "$OUT/summary.txt"
+      ;;
+    disk)  # what the disk under the run folders gives to a 2 GB fsync'd write (the checkpoints need ~0.7 GB/epoch)
+      mkdir -p "$WORK/runs"
+      { dd if=/dev/zero of="$WORK/runs/ddtest" bs=16M count=${DISK_MB_16:-128} conv=fsync 2>&1 | tail -1; } \
+        | sed "s/^/disk write: /" >> "$OUT/summary.txt"
+      rm -f "$WORK/runs/ddtest"; df -h "$WORK" | tail -1 | sed "s/^/disk: /" >> "$OUT/summary.txt"
       ;;
     batches)  # the pipeline's step at larger batches (the recipe's lr scales with the batch)
       for batch in 512 1024; do
@@ -100,3 +121,4 @@ for report in "$OUT"/*/report.md; do
   [ -f "$report" ] && echo "$report:" && grep -A12 "^## Time per stage" "$report" | grep -E "^\||memory" | tr '\n' ' ' && echo
 done
 cat "$OUT/summary.txt"
+pack

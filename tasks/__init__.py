@@ -28,5 +28,12 @@ class _NoTracebackForUserErrors(logging.Filter):
         return True
 
 
+# Prefect attaches its handlers to the library's logger but leaves its level
+# at the root's WARNING: without this, "Resuming ... after epoch 7" and the
+# checkpoint writer's figures would never be shown.
+_library_logger = logging.getLogger("alexnet_pipeline")
+if _library_logger.level == logging.NOTSET:
+    _library_logger.setLevel(logging.INFO)
+
 for _logger in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_logger).addFilter(_NoTracebackForUserErrors())

@@ -377,3 +377,39 @@ def test_checkpoint_writer_lets_at_most_two_epochs_wait():
         for event in release:
             event.set()
         writer.close()
+
+
+def test_checkpoint_writer_reports_what_the_disk_gave_and_what_training_waited(trained, dataset_dir, tmp_path,
+                                                                               caplog):
+    """The run log's writer line is how a stalled GPU run is diagnosed: the
+    bytes are the files' real sizes, and a slow write shows up as waiting."""
+    import threading
+
+    from alexnet_pipeline.train import CheckpointWriter
+
+    writer = CheckpointWriter(max_pending=1)
+    release = threading.Event()
+    try:
+        writer.submit(lambda: (release.wait(), 1000)[1])
+        threading.Timer(0.3, release.set).start()
+        writer.submit(lambda: 500)  # waits for the first write: only one may be pending
+        writer.drain()
+    finally:
+        release.set()
+        writer.close()
+    assert writer.bytes_written == 1500
+    assert writer.waited_seconds >= 0.25
+    assert writer.write_seconds >= 0.25
+    line = writer.summary(2, copy_seconds=0.5)
+    assert "1500" not in line and "0.00 GB written" in line and "training waited 0.3" in line
+
+    # A real run logs it: both epochs, every byte of their checkpoints counted.
+    cfg, _, _ = trained
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO, logger="alexnet_pipeline.train"):
+        history = train_run(cfg, dataset_dir, run_dir, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint writer: ")]
+    assert len(lines) == 1 and lines[0].startswith("checkpoint writer: 2 epochs, ")
+    reported_gb = float(lines[0].split(", ")[1].split(" GB")[0])
+    checkpoints_gb = sum(Path(h.checkpoint).stat().st_size for h in history) / 1e9
+    assert checkpoints_gb < reported_gb
