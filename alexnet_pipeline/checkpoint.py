@@ -13,6 +13,7 @@ uses weights_only=True.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import re
@@ -25,12 +26,16 @@ import torch
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.errors import CheckpointError
-from alexnet_pipeline.files import atomic_path, known_sha256, remember_sha256, sha256_file
+from alexnet_pipeline.files import atomic_path, known_sha256, record_sha256, replace_durably, sha256_file
 
 log = logging.getLogger(__name__)
 
 FORMAT = "alexnet-pipeline-checkpoint/1"
 RESUME_NAME = "resume.pt"
+# The next resume state, complete, while its epoch's commit is under way.
+PENDING_RESUME_NAME = "resume.pt.next"
+# The next resume state, complete, while its epoch's commit is under way.
+PENDING_RESUME_NAME = "resume.pt.next"
 _CHECKPOINT_RE = re.compile(r"alexnet-(\d+)\.pt$")
 
 
@@ -78,14 +83,66 @@ class _HashingWriter:
         self._f.flush()
 
 
-def _save(obj: Any, path: Path, crash_name: str, epoch: int) -> str:
-    """Write `obj` atomically; return the SHA-256 of the bytes written."""
+def _write(obj: Any, tmp: Path) -> str:
+    """torch.save `obj` to `tmp`; return the SHA-256 of the bytes written."""
+    with open(tmp, "wb") as f:
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+    return writer.digest.hexdigest()
+
+
+def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_state: dict) -> str:
+    """Write one epoch's checkpoint and the resume state that names it as one
+    commit; return the checkpoint's SHA-256 (also recorded beside the file).
+
+    Both are complete on disk before either takes its final name: the
+    checkpoint is renamed first (the commit point), then the resume state,
+    which waits meanwhile as resume.pt.next. A run killed between the two
+    renames is completed by `finish_interrupted_commit` on restart, so an
+    epoch whose checkpoint is on disk is never trained again.
+
+    `state_dict` must be a private copy (CPU tensors that nothing changes
+    afterwards): it is kept in memory for the epoch's evaluation."""
+    checkpoint_dir = Path(checkpoint_dir)
+    epoch = meta["epoch"]
+    path = checkpoint_path(checkpoint_dir, epoch)
+    pending = checkpoint_dir / PENDING_RESUME_NAME
+    ckpt = {"format": FORMAT, "model": state_dict, **meta}
+    with _disk_errors(path), atomic_path(path) as checkpoint_tmp:
+        sha256 = _write(ckpt, checkpoint_tmp)
+        faults.crash_point("checkpoint-write", epoch)
+        recorded = {**resume_state.get("checkpoints", {}), epoch: sha256}
+        resume_state["checkpoints"] = recorded
+        for h in resume_state["history"]:
+            h["checkpoint_sha256"] = recorded.get(h["epoch"], "")
+        with atomic_path(pending) as resume_tmp:
+            _write(resume_state, resume_tmp)
+        faults.crash_point("resume-write", epoch)
+    # The checkpoint has its name: the epoch is committed.
+    with _disk_errors(path):
+        record_sha256(path, sha256)
+        faults.crash_point("commit", epoch)
+        replace_durably(pending, checkpoint_dir / RESUME_NAME)
+    recent.remember(sha256, ckpt)
+    return sha256
+
+
+def save_epoch_checkpoint(path: Path, state_dict: dict, meta: dict) -> str:
+    """Write a checkpoint on its own (no resume state), atomically, keep it
+    in memory for its evaluation, and return its SHA-256."""
+    ckpt = {"format": FORMAT, "model": state_dict, **meta}
+    with _disk_errors(path), atomic_path(path) as tmp:
+        sha256 = _write(ckpt, tmp)
+    record_sha256(path, sha256)
+    recent.remember(sha256, ckpt)
+    return sha256
+
+
+@contextlib.contextmanager
+def _disk_errors(path: Path):
+    """A failed write (a full disk, say) as one line saying what to do."""
     try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                writer = _HashingWriter(f)
-                torch.save(obj, writer)
-            faults.crash_point(crash_name, epoch)
+        yield
     except (OSError, RuntimeError) as exc:
         os_error = _os_error(exc)
         if os_error is None:
@@ -94,28 +151,37 @@ def _save(obj: Any, path: Path, crash_name: str, epoch: int) -> str:
             f"cannot write {path} ({os_error.strerror or os_error}); earlier checkpoints are intact. "
             "Free some disk space (or use another --out) and run the same command again to resume."
         ) from None
-    return remember_sha256(path, writer.digest.hexdigest())
 
 
-def save_epoch_checkpoint(path: Path, state_dict: dict, meta: dict) -> str:
-    """Write one epoch's checkpoint and keep it in memory for its evaluation;
-    return its SHA-256. `state_dict` must be a private copy (CPU tensors that
-    nothing changes afterwards): it is what evaluation will read."""
-    ckpt = {"format": FORMAT, "model": state_dict, **meta}
-    sha256 = _save(ckpt, path, "checkpoint-write", meta["epoch"])
-    recent.remember(sha256, ckpt)
-    return sha256
-
-
-def save_resume_state(checkpoint_dir: Path, state: dict) -> None:
-    _save(state, Path(checkpoint_dir) / RESUME_NAME, "resume-write", state["epoch"])
+def finish_interrupted_commit(checkpoint_dir: Path) -> None:
+    """Complete the commit of an epoch that a killed run left between its two
+    renames (see commit_epoch), or undo it if its checkpoint never got its
+    name. Call before reading the resume state."""
+    pending = Path(checkpoint_dir) / PENDING_RESUME_NAME
+    if not pending.exists():
+        return
+    try:
+        state = _load(pending)
+        epoch = state["epoch"]
+        expected = state["checkpoints"][epoch]
+    except (CheckpointError, KeyError, TypeError):
+        pending.unlink(missing_ok=True)
+        return
+    if verify_checkpoint(checkpoint_path(checkpoint_dir, epoch), expected):
+        replace_durably(pending, Path(checkpoint_dir) / RESUME_NAME)
+        log.info("Completed the commit of epoch %d that a stopped run left unfinished", epoch)
+    else:
+        pending.unlink(missing_ok=True)
 
 
 class RecentCheckpoints:
     """Checkpoints this process has just written, by content hash, within a
-    memory budget: evaluating them right after training needs no reload from
-    disk. A file whose bytes changed since has another hash, so it is read
-    from disk again; nothing here can serve stale weights."""
+    small memory budget, each until it is first read: evaluating the latest
+    ones right after training needs no reload from disk. Older ones are read
+    back through a memory map (from the page cache, usually) instead: holding
+    a run's every checkpoint would take 228 MB of host memory per epoch. A
+    file whose bytes changed since has another hash, so it is read from disk
+    again; nothing here can serve stale weights."""
 
     def __init__(self, budget_bytes: int | None = None):
         self._budget = budget_bytes
@@ -125,9 +191,8 @@ class RecentCheckpoints:
     @property
     def budget_bytes(self) -> int:
         if self._budget is None:
-            # A quarter of the memory available when first asked, at most
-            # 8 GiB (35 AlexNet checkpoints): training and the page cache
-            # keep the rest.
+            # Two AlexNet checkpoints, or a quarter of the memory available
+            # when first asked if that is less.
             self._budget = min(_available_memory_bytes() // 4, MAX_KEPT_BYTES)
         return self._budget
 
@@ -147,6 +212,12 @@ class RecentCheckpoints:
             entry = self._entries.get(sha256) if sha256 else None
             return entry[0] if entry else None
 
+    def take(self, sha256: str | None) -> dict | None:
+        """Like get, and forget it: each checkpoint is evaluated once."""
+        with self._lock:
+            entry = self._entries.pop(sha256, None) if sha256 else None
+            return entry[0] if entry else None
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
@@ -163,7 +234,7 @@ def _available_memory_bytes() -> int:
     return 2 << 30  # not Linux: assume little
 
 
-MAX_KEPT_BYTES = 8 << 30
+MAX_KEPT_BYTES = 512 << 20
 recent = RecentCheckpoints()
 
 
@@ -183,9 +254,9 @@ def _load(path: Path) -> dict:
 
 def load_checkpoint(path: str | Path) -> dict:
     """The checkpoint dict: "model" (state_dict, CPU tensors) plus its
-    metadata. Read-only: a checkpoint this process wrote, unchanged on disk
-    since, is returned from memory and shared with other readers."""
-    in_memory = recent.get(known_sha256(path))
+    metadata. Read-only: a checkpoint this process just wrote, unchanged on
+    disk since, is returned from memory the first time it is asked for."""
+    in_memory = recent.take(known_sha256(path))
     if in_memory is not None:
         return in_memory
     ckpt = _load(Path(path))

@@ -24,7 +24,10 @@ POINTS = {
     "mid-epoch": "after the middle step of epoch N, before the epoch ends (earlier epochs' checkpoints, "
                  "written in the background, are let finish first, so the state is the same every time)",
     "checkpoint-write": "with alexnet-NN.pt written to its temporary name, before the rename",
-    "resume-write": "alexnet-NN.pt complete, resume.pt written to its temporary name, before the rename",
+    "resume-write": "alexnet-NN.pt at its temporary name and the epoch's resume state complete as "
+                    "resume.pt.next, before the checkpoint's rename (the epoch is not committed: trained again)",
+    "commit": "alexnet-NN.pt complete under its name (committed), resume.pt.next not yet renamed to resume.pt "
+              "(the re-run completes the rename: the epoch is not trained again)",
     "after-checkpoint": "alexnet-NN.pt and resume.pt both complete",
     "evaluate": "after loading checkpoint N for evaluation",
     "report": "accuracy.csv and the figures written, report.md not yet",

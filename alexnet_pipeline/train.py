@@ -149,14 +149,11 @@ def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict
                  written: dict[int, str]) -> int:
     """Runs on the writer thread, which alone updates `written` (epoch ->
     SHA-256). Returns the bytes written."""
-    path = ckpt_io.checkpoint_path(checkpoint_dir, epoch)
-    written[epoch] = ckpt_io.save_epoch_checkpoint(path, model_state, meta)
     resume_state["checkpoints"] = dict(written)
-    for h in resume_state["history"]:
-        h["checkpoint_sha256"] = written.get(h["epoch"], "")
-    ckpt_io.save_resume_state(checkpoint_dir, resume_state)
+    written[epoch] = ckpt_io.commit_epoch(checkpoint_dir, model_state, meta, resume_state)
     faults.crash_point("after-checkpoint", epoch)
-    return path.stat().st_size + (checkpoint_dir / ckpt_io.RESUME_NAME).stat().st_size
+    return (ckpt_io.checkpoint_path(checkpoint_dir, epoch).stat().st_size
+            + (checkpoint_dir / ckpt_io.RESUME_NAME).stat().st_size)
 
 
 def train_run(
@@ -188,6 +185,7 @@ def train_run(
     # be had) leaves no folder behind.
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_io.remove_partial_files(checkpoint_dir)
+    ckpt_io.finish_interrupted_commit(checkpoint_dir)
     model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
 

@@ -31,7 +31,7 @@ import pytest
 import torch
 
 from alexnet_pipeline import faults
-from alexnet_pipeline.checkpoint import RESUME_NAME
+from alexnet_pipeline.checkpoint import PENDING_RESUME_NAME, RESUME_NAME
 from alexnet_pipeline.files import md5_file
 from alexnet_pipeline.lock import LOCK_NAME
 from tests.conftest import run_cli
@@ -49,13 +49,14 @@ CASES = {
     "mid-epoch": 2,
     "checkpoint-write": 2,
     "resume-write": 2,
+    "commit": 2,
     "after-checkpoint": 1,
     "evaluate": 2,
     "report": None,
 }
 # Epoch checkpoints complete (and hash-verified) when the run is killed: the
 # re-run must not rewrite them.
-KEPT = {"mid-epoch": {1}, "checkpoint-write": {1}, "resume-write": {1}, "after-checkpoint": {1},
+KEPT = {"mid-epoch": {1}, "checkpoint-write": {1}, "resume-write": {1}, "commit": {1, 2}, "after-checkpoint": {1},
         "evaluate": {1, 2}, "report": {1, 2}}
 NUMBERS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 
@@ -206,9 +207,12 @@ def assert_killed_state(point: str, p: Pipeline) -> None:
         assert [f.name.startswith(".alexnet-02.pt.") for f in partial_files(ckpt)] == [True]
         assert not (ckpt / "alexnet-02.pt").exists()
     elif point == "resume-write":
-        assert (ckpt / "alexnet-02.pt").is_file()
-        assert [f.name.startswith(f".{RESUME_NAME}.") for f in partial_files(ckpt)] == [True]
+        assert [f.name.startswith(".alexnet-02.pt.") for f in partial_files(ckpt)] == [True]
+        assert not (ckpt / "alexnet-02.pt").exists() and (ckpt / PENDING_RESUME_NAME).is_file()
         assert resume_epoch(ckpt) == 1
+    elif point == "commit":
+        assert (ckpt / "alexnet-02.pt").is_file() and (ckpt / PENDING_RESUME_NAME).is_file()
+        assert partial_files(ckpt) == [] and resume_epoch(ckpt) == 1
     elif point == "after-checkpoint":
         assert (ckpt / "alexnet-01.pt").is_file() and not (ckpt / "alexnet-02.pt").exists()
         assert resume_epoch(ckpt) == 1
@@ -237,7 +241,7 @@ def test_killed_run_resumes_to_the_same_result(point, pipeline, baseline):
         assert file_identity(pipeline.checkpoints / f"alexnet-{epoch:02d}.pt") == identity, (
             f"alexnet-{epoch:02d}.pt was complete before the crash but was written again"
         )
-    assert partial_files(pipeline.checkpoints) == []
+    assert partial_files(pipeline.checkpoints) == [] and not (pipeline.checkpoints / PENDING_RESUME_NAME).exists()
     assert not (pipeline.out / LOCK_NAME).exists(), "the finished run left its lock file behind"
 
 

@@ -233,3 +233,34 @@ def test_test_set_too_large_for_the_device_is_streamed_with_the_same_result(chec
     streamed = evaluate_checkpoint(checkpoint[0], dataset_dir, device="cpu", batch_size=7)
     assert not next(iter(evaluate_module._test_sets.values())).resident
     assert streamed == resident and streamed.num_images == 20
+
+
+def test_recorded_hash_is_trusted_until_the_file_changes(tmp_path, dataset_dir, monkeypatch):
+    """A checkpoint's hash is computed while writing and recorded beside it: a
+    later process (simulated by forgetting this one's memory) gets it without
+    reading 228 MB, and any change to the file, even one that keeps its size
+    and sets its mtime back, makes it hashed again."""
+    import hashlib
+    import os
+
+    from alexnet_pipeline import files
+
+    path = tmp_path / "alexnet-01.pt"
+    sha256 = write_checkpoint(path, new_alexnet(10), dataset_dir)
+    files._known_sha256.clear()
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the file was read although its recorded hash still holds")
+
+    with monkeypatch.context() as m:
+        m.setattr(hashlib, "file_digest", no_reading)
+        assert files.sha256_file(path) == sha256 == files.known_sha256(path)
+
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the weights: torch.load would not notice
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+    assert files.known_sha256(path) is None
+    assert files.sha256_file(path) == sha256_of(path) != sha256

@@ -72,8 +72,9 @@ def test_history_and_checkpoints(trained):
     base = cfg.train.resolved_lr("none")
     assert history[0].lr == pytest.approx(base)
     assert history[1].lr == pytest.approx(0.0, abs=1e-12)
-    # Only the epoch checkpoints and the resume state; no temporary files.
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["alexnet-01.pt", "alexnet-02.pt", RESUME_NAME]
+    # Only the epoch checkpoints, their recorded hashes and the resume state; no temporary files.
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        ".alexnet-01.pt.sha256", ".alexnet-02.pt.sha256", "alexnet-01.pt", "alexnet-02.pt", RESUME_NAME]
 
 
 def test_checkpoint_describes_itself(trained, dataset_dir):
@@ -413,3 +414,49 @@ def test_checkpoint_writer_reports_what_the_disk_gave_and_what_training_waited(t
     reported_gb = float(lines[0].split(", ")[1].split(" GB")[0])
     checkpoints_gb = sum(Path(h.checkpoint).stat().st_size for h in history) / 1e9
     assert checkpoints_gb < reported_gb
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL at a point inside the writer: nothing after it runs."""
+
+
+@pytest.mark.parametrize("stopped_at", ["resume-write", "commit"])
+def test_epoch_commit_interrupted_between_its_files(trained, dataset_dir, tmp_path, monkeypatch, stopped_at):
+    """A run stopped with epoch 2's checkpoint complete under its name but the
+    resume state not yet renamed ("commit") does not train epoch 2 again; one
+    stopped before the checkpoint's rename ("resume-write") does. Either way
+    the results equal the uninterrupted run's. (tests/test_crash_points.py
+    kills a real process at the same points.)"""
+    from alexnet_pipeline import faults
+
+    cfg, ref_dir, ref_history = trained
+    run_dir = tmp_path / "run"
+    real_crash_point = faults.crash_point
+
+    def stop_there(name, number=None):
+        if (name, number) == (stopped_at, 2):
+            raise _Killed
+        real_crash_point(name, number)
+
+    monkeypatch.setattr(faults, "crash_point", stop_there)
+    with pytest.raises(_Killed):
+        train_run(cfg, dataset_dir, run_dir, progress=False)
+    monkeypatch.setattr(faults, "crash_point", real_crash_point)
+    checkpoints = run_dir / "checkpoints"
+    assert torch.load(checkpoints / RESUME_NAME, weights_only=True)["epoch"] == 1
+    assert (checkpoints / "resume.pt.next").is_file()
+    committed = stopped_at == "commit"
+    assert (checkpoints / "alexnet-02.pt").is_file() == committed
+    before = (checkpoints / "alexnet-02.pt").stat().st_ino if committed else None
+
+    epochs_run = []
+    history = train_run(cfg, dataset_dir, run_dir, on_epoch_end=lambda s: epochs_run.append(s.epoch), progress=False)
+
+    assert epochs_run == ([] if committed else [2])
+    if committed:
+        assert (checkpoints / "alexnet-02.pt").stat().st_ino == before  # not written again
+    assert not (checkpoints / "resume.pt.next").exists()
+    assert numbers(history) == numbers(ref_history)
+    ours = load_checkpoint(checkpoints / "alexnet-02.pt")["model"]
+    ref = load_checkpoint(ref_dir / "checkpoints" / "alexnet-02.pt")["model"]
+    assert all(torch.equal(ours[k], ref[k]) for k in ref)
