@@ -32,9 +32,11 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 # filesystem every worker mounts, so a run written on one GPU host can be read
 # (evaluated, compared in a sweep) from another.
 RUNS_ROOT_ENV = "ALEXNET_PIPELINE_RUNS_ROOT"
-# Where the data sits and how it is decoded do not change results: left out
-# of the fingerprint (and of what a refusal to resume reports as different).
-RESULT_NEUTRAL_DATA_FIELDS = ("data_dir", "cache_dir", "decode_workers", "url")
+# Where the data sits, how it is fetched, checked and decoded do not change
+# results (the data's own content key does): left out of the fingerprint, so
+# `--no-verify` on the same archive resumes the same run folder (and out of
+# what a refusal to resume reports as different).
+RESULT_NEUTRAL_DATA_FIELDS = ("data_dir", "cache_dir", "decode_workers", "url", "verify", "md5")
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 

@@ -247,3 +247,16 @@ def test_cli_process_exit_code_and_no_traceback(tmp_path):
     assert "unknown config key train.learning_rate" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_how_the_data_is_fetched_and_checked_leaves_the_run_folder_alone():
+    """--no-verify, another mirror or checksum, another data or cache folder:
+    the same images give the same results, so the same run folder (the data's
+    content key tells different images apart)."""
+    base = resolve_config("default")
+    same = [resolve_config("default", overrides=o) for o in (
+        {"data.verify": False}, {"data.md5": "0" * 32}, {"data.url": "file:///mirror/cifar.tar.gz"},
+        {"data.data_dir": "/elsewhere"}, {"data.cache_dir": "/tmp/cache"})]
+    assert {cfg.fingerprint() for cfg in same} == {base.fingerprint()}
+    assert {cfg.run_dir("abcdef123") for cfg in same} == {base.run_dir("abcdef123")}
+    assert resolve_config("default", overrides={"data.subset": 100}).fingerprint() != base.fingerprint()
