@@ -160,8 +160,10 @@ def _umask() -> int:
     return mask
 
 
-def preprocess(data: DataConfig, image_size: int, source_dir: Path | None = None, progress: bool = True) -> Path:
+def preprocess(data: DataConfig, image_size: int | None, source_dir: Path | None = None, progress: bool = True) -> Path:
     """Build (or find) the cache entry for this source; return its folder.
+    `image_size` (the model's input) picks the stored size of an image
+    folder's images when data.stored_size does not; CIFAR-10 ignores it.
 
     `source_dir` is the extracted CIFAR-10 batches folder for cifar10 (from
     download.ensure_cifar10) and ignored for image folders (data.data_dir)."""

@@ -73,6 +73,11 @@ class SourceFiles(CachePolicy):
 
 
 ACROSS_RUNS = INPUTS + TASK_SOURCE + LibrarySource()
+# Fine-tuning is keyed by the config's fingerprint (every setting that changes
+# results, a --weights file by content) rather than by the config itself:
+# settings that don't change results (--no-verify, where the data sits) keep
+# the finished run's cache hit.
+BY_FINGERPRINT = (INPUTS - "config") + TASK_SOURCE + LibrarySource()
 
 
 def by_file_content(param: str, *ignored_inputs: str) -> CachePolicy:

@@ -1,25 +1,42 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from prefect import task
 
 from alexnet_pipeline.cache import is_complete, preprocess
-from alexnet_pipeline.config import PipelineConfig, config_from_dict
+from alexnet_pipeline.config import DataConfig, PipelineConfig
 from alexnet_pipeline.timing import StageTimer
 from tasks import download
 from tasks.caching import ACROSS_RUNS, SourceFiles, call_cached
 
 
-# The source folder's file listing is part of the key: an edited image folder
-# is preprocessed again, even though the config did not change.
+# Keyed on what the cached arrays depend on, not on the whole config: a new
+# lr, seed or epoch count (every trial of a sweep) finds the entry without
+# reading an image. The source folder's file listing is part of the key: an
+# edited image folder is preprocessed again, though no setting changed.
 @task(name="preprocess", cache_policy=ACROSS_RUNS + SourceFiles(params=("source_dir",))
       + SourceFiles(params=("image_folder",), subfolders=("train", "test")), persist_result=True)
-def preprocess_data(config: dict, source_dir: str | None, image_folder: str | None) -> str:
+def preprocess_data(data: dict, image_size: int | None, source_dir: str | None, image_folder: str | None) -> str:
     """Folder of cached uint8 arrays for this source (built once, by content).
+    `data`: the data section's fields that preprocessing reads; `image_size`:
+    the model's input size where it decides the stored size, else None;
     `source_dir`: extracted CIFAR-10 batches; `image_folder`: an image folder."""
-    cfg = config_from_dict(config)
-    return str(preprocess(cfg.data, cfg.train.image_size, Path(source_dir) if source_dir else None))
+    return str(preprocess(DataConfig(**data), image_size, Path(source_dir) if source_dir else None))
+
+
+def preprocess_inputs(cfg: PipelineConfig) -> dict:
+    """What the preprocess task is given (and so keyed on)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_READ_BY_PREPROCESS}
+    # The model's input size only matters when it picks the stored size of
+    # an image folder's images; CIFAR-10 is stored at 32x32 whatever it is.
+    sizes_images = cfg.data.dataset == "imagefolder" and cfg.data.stored_size is None
+    return {"data": data, "image_size": cfg.train.image_size if sizes_images else None}
+
+
+# Fetching and checking the archive is the download task's business.
+NOT_READ_BY_PREPROCESS = ("url", "md5", "verify")
 
 
 def still_valid(dataset_dir: str) -> bool:
@@ -36,5 +53,5 @@ def prepared_dataset(cfg: PipelineConfig, timer: StageTimer) -> str:
                                      url=cfg.data.url, md5=cfg.data.md5, verify=cfg.data.verify)
     with timer.stage("preprocess"):
         image_folder = cfg.data.data_dir if cfg.data.dataset == "imagefolder" else None
-        return call_cached(preprocess_data, still_valid, config=cfg.to_dict(), source_dir=source_dir,
+        return call_cached(preprocess_data, still_valid, **preprocess_inputs(cfg), source_dir=source_dir,
                            image_folder=image_folder)

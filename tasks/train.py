@@ -9,16 +9,17 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from alexnet_pipeline.config import config_from_dict
 from alexnet_pipeline.files import sha256_file
 from alexnet_pipeline.train import EpochStats, train_run
-from tasks.caching import ACROSS_RUNS
+from tasks.caching import BY_FINGERPRINT
 
 
-@task(name="fine-tune", cache_policy=ACROSS_RUNS, persist_result=True)
+@task(name="fine-tune", cache_policy=BY_FINGERPRINT, persist_result=True)
 def fine_tune(config: dict, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
     """Train (or resume) and return one dict of stats per epoch, each naming
     its checkpoint. The library resumes from the run folder's last complete
     epoch, so a re-run after a crash redoes at most the epoch in progress.
-    `config_fingerprint` is there for the cache key: it covers what `config`
-    only names, such as the content of a --weights file."""
+    The cache key is `config_fingerprint`, not `config`: it covers every
+    setting that changes results and what `config` only names, such as the
+    content of a --weights file."""
     cfg = config_from_dict(config)
     logger = get_run_logger()
     epochs = cfg.train.epochs

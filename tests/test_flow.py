@@ -126,6 +126,20 @@ def test_rerun_is_all_cache_hits_and_rewrites_nothing(first_run):
     assert file_stamps(out, [*checkpoints, *REPORT_FILES]) == before
 
 
+def test_new_lr_or_seed_reuses_the_prepared_data(first_run, tmp_path):
+    """A sweep's trials differ in lr or seed: download and preprocess are
+    cache hits (no image read again), only training and what follows run."""
+    from flows.full_run import full_run
+
+    params = {**first_run.params, "lr": 0.002, "seed": 12, "epochs": 1, "out": str(tmp_path / "run")}
+    with storage_settings(first_run.storage):
+        state = full_run(**params, return_state=True)
+    assert state.is_completed(), state.message
+    assert task_states(state, expected=5) == sorted(
+        [("download-cifar10", "Cached"), ("preprocess", "Cached"), ("fine-tune", "Completed"),
+         ("evaluate", "Completed"), ("write-report", "Completed")])
+
+
 def test_deleted_report_file_is_written_again(first_run, tmp_path):
     """A cache hit that points at a deleted file runs that task again."""
     from flows.full_run import full_run
