@@ -102,13 +102,19 @@ class CheckpointWriter:
         self.write_seconds = 0.0
         self.bytes_written = 0
 
-    def submit(self, fn: Callable, *args) -> Future:
-        """`fn` may return the number of bytes it wrote, for the statistics."""
+    def wait_for_room(self) -> None:
+        """Block until another write may be queued. Called before the host
+        copy for the next write is made, so at most `max_pending` copies
+        exist at any time."""
         self._raise_failures()
         started = time.perf_counter()
         while len(self._pending) >= self._max_pending:
             self._pending.pop(0).result()
         self.waited_seconds += time.perf_counter() - started
+
+    def submit(self, fn: Callable, *args) -> Future:
+        """`fn` may return the number of bytes it wrote, for the statistics."""
+        self.wait_for_room()
         future = self._pool.submit(self._timed, fn, *args)
         self._pending.append(future)
         return future
@@ -209,7 +215,10 @@ def train_run(
         "torch_version": str(torch.__version__),
     }
     written = dict(resume_state["checkpoints"])
-    writer = CheckpointWriter()
+    # On a GPU an epoch can be shorter than its write: let two wait. On the
+    # CPU the host copies share memory with training itself, and an epoch
+    # is far longer than a write: one.
+    writer = CheckpointWriter(max_pending=2 if cuda else 1)
     copy_seconds = 0.0  # device-to-host copies of the state, paid by training
     try:
         for epoch in range(start_epoch, t.epochs + 1):
@@ -217,6 +226,7 @@ def train_run(
                 writer.drain()  # crash tests: the same state on disk every time
             with _out_of_memory_hint(t, f"epoch {epoch}"):
                 stats = trainer.train_epoch(epoch, progress)
+            writer.wait_for_room()
             copy_started = time.perf_counter()
             stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
             history.append(stats)

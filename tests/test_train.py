@@ -460,3 +460,47 @@ def test_epoch_commit_interrupted_between_its_files(trained, dataset_dir, tmp_pa
     ours = load_checkpoint(checkpoints / "alexnet-02.pt")["model"]
     ref = load_checkpoint(ref_dir / "checkpoints" / "alexnet-02.pt")["model"]
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
+
+
+def test_at_most_one_host_copy_of_the_state_per_allowed_pending_write(trained, dataset_dir, tmp_path, monkeypatch):
+    """Each host copy of the weights and optimizer state is ~0.7 GB: the copy
+    for epoch N+1 is made only once there is room for its write, so on the
+    CPU (one pending write) no more than one copy exists at a time. Each
+    write is held until the next epoch has trained, so a copy made too early
+    would overlap it."""
+    import threading
+
+    from alexnet_pipeline import train as train_module
+
+    lock = threading.Lock()
+    live, most = [0], [0]
+    trained_epochs: dict[int, threading.Event] = {e: threading.Event() for e in range(1, 5)}
+    real_to_cpu, real_write, real_train_epoch = (train_module._to_cpu, train_module._write_epoch,
+                                                 train_module.Trainer.train_epoch)
+
+    def to_cpu(obj):
+        if isinstance(obj, dict) and "param_groups" in obj:  # the optimizer's state: once per epoch
+            with lock:
+                live[0] += 1
+                most[0] = max(most[0], live[0])
+        return real_to_cpu(obj)
+
+    def write(checkpoint_dir, epoch, *args):
+        trained_epochs[epoch + 1].wait(10)  # until the next epoch has trained (or the last write)
+        try:
+            return real_write(checkpoint_dir, epoch, *args)
+        finally:
+            with lock:
+                live[0] -= 1
+
+    def train_epoch(self, epoch, *args, **kwargs):
+        stats = real_train_epoch(self, epoch, *args, **kwargs)
+        trained_epochs[epoch].set()
+        return stats
+
+    monkeypatch.setattr(train_module, "_to_cpu", to_cpu)
+    monkeypatch.setattr(train_module, "_write_epoch", write)
+    monkeypatch.setattr(train_module.Trainer, "train_epoch", train_epoch)
+    trained_epochs[4].set()  # nothing follows the third epoch's write
+    train_run(make_config(dataset_dir, **{"train.epochs": 3}), dataset_dir, tmp_path / "run", progress=False)
+    assert most[0] == 1
