@@ -138,7 +138,7 @@ def cifar10_fingerprint(batches_dir: Path) -> str:
 # --- Image folders -----------------------------------------------------------
 
 
-def _raise(exc: OSError) -> None:
+def _raise_walk_error(exc: OSError) -> None:
     raise exc
 
 
@@ -156,7 +156,7 @@ def _class_files(split_dir: Path) -> dict[str, list[Path]]:
             ) from None
         files = []
         # Like rglob("*"): symbolic links to folders are listed, not followed.
-        for folder, _, names in os.walk(class_dir, onerror=_raise):
+        for folder, _, names in os.walk(class_dir, onerror=_raise_walk_error):
             for name in names:
                 path = Path(folder, name)
                 if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
@@ -206,7 +206,9 @@ def _decode_problem(path: Path, exc: Exception) -> str:
     if isinstance(exc, OSError) and exc.errno is not None:
         hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
         return f"{shown_path(path)} (cannot read it: {exc.strerror}{hint})"
-    return f"{shown_path(path)} ({type(exc).__name__}: {shown_path(str(exc))})"
+    # PIL quotes the name with repr(), which writes an undecodable byte as \udcNN: show it as \xNN here too.
+    text = shown_path(str(exc).replace(repr(str(path))[1:-1], str(path)))
+    return f"{shown_path(path)} ({type(exc).__name__}: {text})"
 
 
 def _short_side(path: Path) -> int:

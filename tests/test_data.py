@@ -376,7 +376,9 @@ def test_file_names_that_are_not_utf8_are_hashed_decoded_and_shown_escaped(image
         preprocess(data, image_size=64, progress=False)
     message = str(err.value)
     message.encode("utf-8")  # printable and loggable as it is
-    assert f"{image_folder}/train/dog/\\xff\\xfe.png (" in message and "caf" not in message
+    shown = f"{image_folder}/train/dog/\\xff\\xfe.png"
+    assert f"{shown} (UnidentifiedImageError: cannot identify image file '{shown}')" in message
+    assert "caf" not in message and "\\udc" not in message
     data.skip_bad_images = True
     arrays = load_arrays(preprocess(data, image_size=64, progress=False))
     assert len(arrays.train_labels) == 18  # café.png decoded like any other
