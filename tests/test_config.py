@@ -247,6 +247,19 @@ def test_a_config_that_is_not_utf8_names_the_byte_and_line(tmp_path):
     assert str(err.value) == f"config file {latin1} is not UTF-8 text: byte 0xe9 at line 2, column 17; save it as UTF-8"
 
 
+def test_paths_that_are_not_utf8_are_refused_naming_them(tmp_path):
+    """Such a path (Python keeps its bytes as lone surrogates) could not be
+    written into checkpoints, reports or Prefect's parameters."""
+    import os
+
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9glage.yaml"))
+    odd.write_text("train: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"^--config .*/r\\xe9glage\.yaml: the file name is not valid UTF-8"):
+        resolve_config("default", odd)
+    with pytest.raises(ConfigError, match=r"^out: .*/run-\\xff is not valid UTF-8; rename it"):
+        resolve_config("default", overrides={"out": os.fsdecode(os.fsencode(tmp_path) + b"/run-\xff")})
+
+
 def test_a_huge_config_file_is_refused_without_reading_it_all(tmp_path):
     huge = write_yaml(tmp_path / "huge.yaml", "# padding\n" * 40_000)
     with pytest.raises(ConfigError, match=r"larger than 256 KiB"):
