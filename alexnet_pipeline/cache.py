@@ -48,7 +48,14 @@ def is_complete(dataset_dir: Path) -> bool:
 
 
 def read_meta(dataset_dir: Path) -> dict:
-    return json.loads((Path(dataset_dir) / META_NAME).read_text())
+    path = Path(dataset_dir) / META_NAME
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read {path} ({getattr(exc, 'strerror', None) or exc}); delete {dataset_dir} "
+            "and run again to rebuild it"
+        ) from None
 
 
 def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
@@ -59,7 +66,14 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
         raise DataError(f"preprocessed data {dataset_dir} is missing or incomplete; run the pipeline again to rebuild it")
     meta = read_meta(dataset_dir)
     mode = "r" if mmap else None
-    arrays = {name: np.load(dataset_dir / f"{name}.npy", mmap_mode=mode, allow_pickle=False) for name in ARRAY_NAMES}
+    try:
+        arrays = {name: np.load(dataset_dir / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+                  for name in ARRAY_NAMES}
+    except (OSError, ValueError) as exc:
+        raise DataError(
+            f"cannot read the preprocessed data in {dataset_dir} ({getattr(exc, 'strerror', None) or exc}); "
+            "check its permissions, or delete it and run again to rebuild it"
+        ) from None
     return ImageArrays(**arrays, class_names=meta["class_names"], skipped_files=meta.get("skipped_files", []))
 
 

@@ -24,6 +24,7 @@ import numpy as np
 from alexnet_pipeline import faults
 from alexnet_pipeline.download import BATCH_FILES
 from alexnet_pipeline.errors import DataError
+from alexnet_pipeline.files import shown_path
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,20 @@ def _read_batch(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
             batch = _NumpyOnlyUnpickler(io.BufferedReader(f), encoding="bytes").load()
+    except OSError as exc:
+        raise _unreadable_batch(path, exc) from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
         raise DataError(f"{path} is not a readable CIFAR-10 batch ({exc}); use the official archive") from None
     if not isinstance(batch, dict):
         raise DataError(f"{path} is not a CIFAR-10 batch (expected a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+
+
+def _unreadable_batch(path: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot read the CIFAR-10 batch {path} ({exc.strerror or exc}); check its permissions, or delete "
+        f"{path.parent} to extract it again from the archive"
+    )
 
 
 def _batch_arrays(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -116,22 +126,42 @@ def cifar10_fingerprint(batches_dir: Path) -> str:
     digest = hashlib.sha256()
     for name in BATCH_FILES:
         digest.update(name.encode())
-        with open(batches_dir / name, "rb") as f:
-            while chunk := f.read(4 << 20):
-                digest.update(chunk)
+        try:
+            with open(batches_dir / name, "rb") as f:
+                while chunk := f.read(4 << 20):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise _unreadable_batch(batches_dir / name, exc) from None
     return digest.hexdigest()
 
 
 # --- Image folders -----------------------------------------------------------
 
 
+def _raise_walk_error(exc: OSError) -> None:
+    raise exc
+
+
 def _class_files(split_dir: Path) -> dict[str, list[Path]]:
+    """Image files per class folder. A folder that cannot be listed raises
+    its OSError (rglob would skip it without a word, losing its images)."""
     classes = {}
     for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-        )
-        classes[class_dir.name] = files
+        try:
+            class_dir.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(
+                f"class folder {shown_path(class_dir)}: its name is not valid UTF-8, and class names go into "
+                "checkpoints and reports; rename the folder in both train/ and test/"
+            ) from None
+        files = []
+        # Like rglob("*"): symbolic links to folders are listed, not followed.
+        for folder, _, names in os.walk(class_dir, onerror=_raise_walk_error):
+            for name in names:
+                path = Path(folder, name)
+                if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                    files.append(path)
+        classes[class_dir.name] = sorted(files)
     return classes
 
 
@@ -162,7 +192,23 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as image:
         # JPEGs can be decoded at a reduced scale directly: far faster for photos.
         image.draft("RGB", (size, size))
+        # PIL only warns between MAX_IMAGE_PIXELS and twice that: a small file
+        # could still inflate to gigabytes per decoding thread.
+        if image.width * image.height > Image.MAX_IMAGE_PIXELS:
+            raise ValueError(
+                f"{image.width}x{image.height} pixels is more than the {Image.MAX_IMAGE_PIXELS:,} decoded here"
+            )
         return _to_rgb_array(image, size)
+
+
+def _decode_problem(path: Path, exc: Exception) -> str:
+    """One line for the list of bad images: the file, and why."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
+        return f"{shown_path(path)} (cannot read it: {exc.strerror}{hint})"
+    # PIL quotes the name with repr(), which writes an undecodable byte as \udcNN: show it as \xNN here too.
+    text = shown_path(str(exc).replace(repr(str(path))[1:-1], str(path)))
+    return f"{shown_path(path)} ({type(exc).__name__}: {text})"
 
 
 def _short_side(path: Path) -> int:
@@ -202,8 +248,11 @@ class ImageFolderSource:
                 )
             try:
                 splits[split] = _class_files(split_dir)
-            except PermissionError as exc:
-                raise DataError(f"cannot read {exc.filename}; check its permissions") from None
+            except OSError as exc:
+                hint = "check its permissions" if isinstance(exc, PermissionError) else "check the disk"
+                raise DataError(
+                    f"cannot read the folder {shown_path(exc.filename or split_dir)} ({exc.strerror}); {hint}"
+                ) from None
             if not splits[split]:
                 raise DataError(f"{split_dir} has no class folders; put each class's images in {split_dir}/<class>/")
             empty = [name for name, files in splits[split].items() if not files]
@@ -229,14 +278,20 @@ class ImageFolderSource:
         return train_classes, files["train"], files["test"]
 
     def fingerprint(self) -> str:
-        """Hash of every image file's relative path and bytes: the cache key."""
+        """Hash of every image file's relative path, label and bytes: the
+        cache key. A file that cannot be read counts as such (its error
+        number): decoding then lists it as a bad image."""
 
         def file_digest(item: tuple[Path, int]) -> bytes:
             path, label = item
-            digest = hashlib.sha256(f"{path.relative_to(self.root)}\0{label}\0".encode())
-            with open(path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    digest.update(chunk)
+            # os.fsencode: a name that is not UTF-8 is hashed as its bytes.
+            digest = hashlib.sha256(os.fsencode(path.relative_to(self.root)) + f"\0{label}\0".encode())
+            try:
+                with open(path, "rb") as f:
+                    while chunk := f.read(1 << 20):
+                        digest.update(chunk)
+            except OSError as exc:
+                digest.update(f"\0unreadable:{exc.errno}".encode())
             return digest.digest()
 
         total = hashlib.sha256()
@@ -276,7 +331,7 @@ class ImageFolderSource:
                     try:
                         images[index] = decode_image(path, stored_size)
                     except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad file
-                        return f"{path} ({type(exc).__name__}: {exc})"
+                        return _decode_problem(path, exc)
                     return None
 
                 bad[split] = []

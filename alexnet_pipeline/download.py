@@ -12,7 +12,9 @@ and renamed only when complete (torch.hub's downloader does that).
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
+import lzma
 import os
 import shutil
 import socket
@@ -20,6 +22,8 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.parse
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from alexnet_pipeline import faults
@@ -33,6 +37,26 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_DIR_NAME = "cifar-10-batches-py"
 BATCH_FILES = ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")
 DOWNLOAD_TIMEOUT_S = 30
+# Limits on what an archive may unpack to. The official archive (170 MB)
+# holds 8 entries, 178 MB in all: it inflates 1.05 times. A "compression
+# bomb" of a few MB that inflates to gigabytes is refused before anything is
+# written, and so is one whose entries alone would fill the disk.
+MAX_EXTRACTED_BYTES = 1 << 30
+MAX_EXPANSION_RATIO = 100
+# Below this total the ratio does not matter (a small test archive may
+# compress well).
+RATIO_CHECKED_ABOVE = 64 << 20
+MAX_MEMBERS = 1000
+# Errors of the local disk, not of the network or the archive's content.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+NOT_WRITABLE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _data_dir_is_a_file(data_dir: Path) -> DataError:
+    return DataError(
+        f"--data-dir {data_dir} is a file, not a folder; point it at a folder for CIFAR-10 (one holding "
+        f"{ARCHIVE_NAME} or {BATCHES_DIR_NAME}/, or an empty one to download into)"
+    )
 
 
 def batches_complete(batches_dir: Path) -> bool:
@@ -53,7 +77,7 @@ def ensure_cifar10(
         log.info("Using the extracted CIFAR-10 batches in %s", batches_dir)
         return batches_dir
     if data_dir.exists() and not data_dir.is_dir():
-        raise DataError(f"--data-dir {data_dir} is a file, not a folder; point it at a folder for CIFAR-10")
+        raise _data_dir_is_a_file(data_dir)
     if data_dir.is_dir() and not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
         raise DataError(
             f"the data folder {data_dir} is not readable and writable by this user; "
@@ -65,7 +89,10 @@ def ensure_cifar10(
     else:
         _download(url, archive, data_dir, progress)
     if verify:
-        actual = md5_file(archive)
+        try:
+            actual = md5_file(archive)
+        except OSError as exc:
+            raise _unreadable_archive(archive, exc) from None
         if actual != md5:
             raise DataError(
                 f"checksum mismatch for {archive}: expected MD5 {md5}, got {actual}. "
@@ -103,9 +130,52 @@ def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
         if created:
             with contextlib.suppress(OSError):
                 data_dir.rmdir()  # made for the download only; leave nothing behind
+        if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
+            # Writing the file failed, not the network: say so, not "offline".
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise _disk_full_error(f"downloading {url} to {archive}", data_dir, exc,
+                                       f"the official archive is {_megabytes(DOWNLOAD_SIZE_HINT)}") from None
+            if exc.errno in NOT_WRITABLE_ERRNOS:
+                raise _not_writable_error(data_dir, exc) from None
         raise _offline_error(url, data_dir, reason) from None
     finally:
         socket.setdefaulttimeout(previous)
+
+
+# The official archive's size, for the message when a download fills the disk.
+DOWNLOAD_SIZE_HINT = 170_498_071
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e6:,.1f} MB"
+
+
+def _free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def _disk_full_error(doing: str, data_dir: Path, exc: OSError, needed: str) -> DataError:
+    free = _free_bytes(data_dir)
+    free_text = f", {_megabytes(free)} free there now" if free is not None else ""
+    return DataError(
+        f"the disk is full: {doing} failed ({exc.strerror}); {needed}{free_text}. Free some space on the disk "
+        f"holding {data_dir}, or pass --data-dir on a disk with room, then run again (nothing half-written was kept)."
+    )
+
+
+def _not_writable_error(data_dir: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot write into the data folder {data_dir} ({exc.strerror}); fix its permissions or pass another --data-dir"
+    )
+
+
+def _unreadable_archive(archive: Path, exc: OSError) -> DataError:
+    return DataError(
+        f"cannot read {archive} ({exc.strerror}); check its permissions, or delete it to download it again"
+    )
 
 
 def _offline_error(url: str, data_dir: Path, reason) -> DataError:
@@ -124,6 +194,8 @@ def check_cifar10_reachable(data_dir: str | Path, url: str = CIFAR10_URL, timeou
     data_dir = Path(data_dir).expanduser()
     if batches_complete(data_dir / BATCHES_DIR_NAME) or (data_dir / ARCHIVE_NAME).is_file():
         return
+    if data_dir.exists() and not data_dir.is_dir():
+        raise _data_dir_is_a_file(data_dir)  # no download would help
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return
@@ -142,39 +214,100 @@ def _refuse_unsafe_members(member: tarfile.TarInfo, dest_path: str) -> tarfile.T
     return tarfile.data_filter(member, dest_path)
 
 
+def _checked_members(tar: tarfile.TarFile, archive: Path) -> Iterator[tarfile.TarInfo]:
+    """The archive's entries, refusing it at the first one that takes the
+    count or total size past the limits above. Only headers are read: a
+    bomb is stopped after decompressing about MAX_EXTRACTED_BYTES at most,
+    and nothing is written."""
+    archive_bytes = archive.stat().st_size
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        total += max(member.size, 0)
+        if count > MAX_MEMBERS:
+            raise DataError(
+                f"refusing to extract {archive}: it holds more than {MAX_MEMBERS} entries (the official "
+                f"{ARCHIVE_NAME} holds 8). Delete it and run again to download the official archive."
+            )
+        if total > MAX_EXTRACTED_BYTES:
+            raise DataError(
+                f"refusing to extract {archive}: its entries add up to more than {_megabytes(MAX_EXTRACTED_BYTES)} "
+                f"(the official {ARCHIVE_NAME} holds 178 MB). Delete it and run again to download the official archive."
+            )
+        if total > RATIO_CHECKED_ABOVE and total > MAX_EXPANSION_RATIO * archive_bytes:
+            raise DataError(
+                f"refusing to extract {archive}: its {_megabytes(archive_bytes)} inflate to more than "
+                f"{_megabytes(total)}, over {MAX_EXPANSION_RATIO} times their size (a compression bomb; the official "
+                f"{ARCHIVE_NAME} inflates 1.05 times). Delete it and run again to download the official archive."
+            )
+        yield member
+
+
 def _extract(archive: Path, data_dir: Path) -> None:
     """Extract through tarfile's 'data' filter (it refuses '..', links pointing
-    outside the target and device files), refusing absolute names too. Extraction goes to a
-    temporary folder first so that a crash never leaves half a batches folder."""
-    tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
+    outside the target and device files), refusing absolute names too, and
+    archives past the size limits above. The entries' sizes are added up
+    first, from their headers, so neither a compression bomb nor an archive
+    too large for the disk writes anything. Extraction goes to a temporary
+    folder first so that a crash never leaves half a batches folder."""
+    total = None
     try:
-        try:
-            with tarfile.open(archive, "r:*") as tar:
+        with tarfile.open(archive, "r:*") as tar:
+            members = list(_checked_members(tar, archive))
+            total = sum(max(m.size, 0) for m in members)
+            free = _free_bytes(data_dir)
+            if free is not None and total > free:
+                raise DataError(
+                    f"not enough disk space: extracting {archive} needs {_megabytes(total)} and the disk holding "
+                    f"{data_dir} has {_megabytes(free)} free. Free some space, or pass --data-dir on a disk with "
+                    f"room (or put an extracted {BATCHES_DIR_NAME}/ there). Nothing was extracted."
+                )
+            tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=data_dir))
+            try:
                 faults.crash_point("extract")
-                tar.extractall(tmp, filter=_refuse_unsafe_members)
-        except tarfile.FilterError as exc:
-            raise DataError(
-                f"refusing to extract {archive}: member {exc.tarinfo.name!r} would land outside "
-                f"{data_dir} or is not a regular file ({exc}). Use the official {ARCHIVE_NAME}."
-            ) from None
-        except (tarfile.ReadError, EOFError, OSError) as exc:
-            raise DataError(
-                f"cannot read {archive} ({exc}): it is truncated or not a .tar.gz. "
-                f"Delete it and run again to download it, or replace it with the official {ARCHIVE_NAME}."
-            ) from None
-        extracted = tmp / BATCHES_DIR_NAME
-        if not extracted.is_dir():
-            raise DataError(f"{archive} has no {BATCHES_DIR_NAME}/ folder; use the official {ARCHIVE_NAME}")
-        target = data_dir / BATCHES_DIR_NAME
-        if batches_complete(target):
-            return  # a concurrent run on the same data folder extracted it first
-        if target.exists():
-            # An incomplete earlier extraction (e.g. files deleted by hand).
-            shutil.rmtree(target)
-        try:
-            extracted.rename(target)
-        except OSError:
-            if not batches_complete(target):  # else: lost a race to a concurrent run
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                tar.extractall(tmp, members=members, filter=_refuse_unsafe_members)
+                _move_into_place(archive, tmp, data_dir)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except tarfile.FilterError as exc:
+        raise DataError(
+            f"refusing to extract {archive}: member {exc.tarinfo.name!r} would land outside "
+            f"{data_dir} or is not a regular file ({exc}). Use the official {ARCHIVE_NAME}."
+        ) from None
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            needed = (f"its contents take {_megabytes(total)}" if total is not None
+                      else "the official archive holds 178 MB")
+            raise _disk_full_error(f"extracting {archive}", data_dir, exc, needed) from None
+        if exc.errno is not None and total is None:  # still reading headers: the archive itself
+            raise _unreadable_archive(archive, exc) from None
+        if exc.errno in NOT_WRITABLE_ERRNOS:
+            raise _not_writable_error(data_dir, exc) from None
+        if exc.errno is not None:
+            raise DataError(f"extracting {archive} into {data_dir} failed ({exc.strerror}); check that disk") from None
+        raise _truncated_archive(archive, exc) from None  # gzip's BadGzipFile and the like: no errno
+    except (tarfile.ReadError, EOFError, zlib.error, lzma.LZMAError) as exc:
+        raise _truncated_archive(archive, exc) from None
+
+
+def _truncated_archive(archive: Path, exc: Exception) -> DataError:
+    return DataError(
+        f"cannot read {archive} ({exc}): it is truncated or not a .tar.gz. "
+        f"Delete it and run again to download it, or replace it with the official {ARCHIVE_NAME}."
+    )
+
+
+def _move_into_place(archive: Path, tmp: Path, data_dir: Path) -> None:
+    extracted = tmp / BATCHES_DIR_NAME
+    if not extracted.is_dir():
+        raise DataError(f"{archive} has no {BATCHES_DIR_NAME}/ folder; use the official {ARCHIVE_NAME}")
+    target = data_dir / BATCHES_DIR_NAME
+    if batches_complete(target):
+        return  # a concurrent run on the same data folder extracted it first
+    if target.exists():
+        # An incomplete earlier extraction (e.g. files deleted by hand).
+        shutil.rmtree(target)
+    try:
+        extracted.rename(target)
+    except OSError:
+        if not batches_complete(target):  # else: lost a race to a concurrent run
+            raise

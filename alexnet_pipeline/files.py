@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -94,6 +94,39 @@ def _stat_key(path: str | Path, stat: os.stat_result | None = None) -> tuple:
 _KNOWN_MAX = 4096
 _known_sha256: dict[tuple, str] = {}
 _known_lock = threading.Lock()
+
+
+def shown_path(path: str | Path) -> str:
+    """A path as text for messages and reports: bytes of a file name that are
+    not UTF-8 (kept by Python as lone surrogates, which cannot be printed,
+    logged or written as UTF-8) appear as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def listing_digest(root: str | Path, paths: Iterable[str | Path]) -> str:
+    """SHA-256 over each file's path relative to `root` (its bytes, whatever
+    the encoding), size, modification time, change time (ctime) and inode.
+    Costs one stat() per file and reads nothing.
+
+    Rewriting a file changes its ctime, and unlike the modification time no
+    user call can set it back (os.utime sets ctime to now), so equal digests
+    mean no file was written, replaced, renamed, touched, chmod'ed or given a
+    new hard link in between, on any file system that keeps ctime (every
+    local Linux one, and NFS). The one gap: a file written twice within one
+    tick of the kernel's clock (a few ms), with the listing taken between the
+    two writes, i.e. files changed while a run reads them."""
+    digest = hashlib.sha256(b"listing-v1\n")
+    root = os.fsencode(root)
+    for path in paths:
+        encoded = os.fsencode(path)
+        digest.update(os.path.relpath(encoded, root) + b"\0")
+        try:
+            stat = os.stat(encoded)
+        except OSError as exc:
+            digest.update(f"unreadable:{exc.errno}\n".encode())
+            continue
+        digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n".encode())
+    return digest.hexdigest()
 
 
 def md5_file(path: str | Path, chunk_size: int = 4 << 20) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
 import alexnet_pipeline
-from alexnet_pipeline.files import sha256_file
+from alexnet_pipeline.files import listing_digest, sha256_file
 
 
 @functools.cache
@@ -47,9 +47,12 @@ class FileContent(CachePolicy):
 
 @dataclass
 class SourceFiles(CachePolicy):
-    """Key on the names, sizes and modification times of the files under the
-    input folders `params`: cheap to compute, and it changes when an image is
-    added, removed or edited. (The library's own cache is keyed by content.)"""
+    """Key on the listing of the files under the input folders `params`:
+    each file's relative path, size, modification time, change time (ctime)
+    and inode (files.listing_digest). No file is read, and it still changes
+    when an image is added, removed, rewritten or replaced, even by one of
+    the same size whose modification time was set back (that sets ctime).
+    A miss runs the library, which keys its cache by content."""
 
     params: tuple[str, ...] = ()
     # Only these subfolders of each folder, when given: an image folder's
@@ -65,10 +68,8 @@ class SourceFiles(CachePolicy):
                 digest.update(f"{param}:absent".encode())
                 continue
             for folder in [Path(root) / sub for sub in self.subfolders] or [Path(root)]:
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file():
-                        stat = path.stat()
-                        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+                files = sorted(path for path in folder.rglob("*") if path.is_file())
+                digest.update(f"{param}:{listing_digest(root, files)}\n".encode())
         return digest.hexdigest()
 
 

@@ -5,6 +5,7 @@ entries never leak between tests (the harness isolates only the database)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -103,6 +104,28 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeo
         out.seek(0)
         err.seek(0)
         return subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+
+
+def run_python_with_permissions_enforced(code: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python -c CODE ARGS` in a process to which file permissions apply.
+    Tests run as root here, and root reads a chmod 000 file regardless: the
+    process drops the two capabilities that let it (CAP_DAC_OVERRIDE,
+    CAP_DAC_READ_SEARCH) from its bounding set, so permission errors are the
+    kernel's own, not simulated. It stays uid 0: the files pytest made (in
+    a folder only root may enter) remain reachable."""
+    command = [sys.executable, "-c", code, *args]
+    if os.geteuid() == 0:
+        if shutil.which("setpriv"):
+            command = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--", *command]
+        elif shutil.which("capsh"):
+            import shlex
+
+            command = ["capsh", "--drop=cap_dac_override,cap_dac_read_search", "--", "-c", shlex.join(command)]
+        else:
+            pytest.skip("running as root, and neither setpriv nor capsh is installed to drop the capabilities "
+                        "that let root read unreadable files")
+    return subprocess.run(command, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 @pytest.fixture

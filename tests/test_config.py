@@ -110,12 +110,46 @@ def test_run_folder_follows_from_the_config(monkeypatch, tmp_path):
         ({"train.schedule": "linear"}, "train.schedule"),
         ({"train.warmup_epochs": float("inf")}, "train.warmup_epochs"),
         ({"train.lr": float("nan")}, "train.lr"),
+        # Numbers of the right type but out of range: each used to fail later
+        # with a traceback (the seed in torch.manual_seed, after preprocessing;
+        # the warm-up as an OverflowError; integers too large for a float or
+        # for Prefect's 64-bit JSON).
+        ({"train.seed": 2**63}, "train.seed"),
+        ({"train.seed": 10**30}, "train.seed"),
+        ({"train.seed": -1}, "train.seed"),
+        ({"train.warmup_epochs": 1e308}, "train.warmup_epochs"),
+        ({"train.warmup_epochs": 31}, "train.warmup_epochs"),
+        ({"train.lr": 10**400}, "train.lr"),
+        ({"train.epochs": 10**6}, "train.epochs"),
+        ({"train.batch_size": 2**40}, "train.batch_size"),
+        ({"train.eval_batch_size": 2**40}, "train.eval_batch_size"),
+        ({"train.weight_decay": 1e6}, "train.weight_decay"),
+        ({"train.crop_padding": 10**9}, "train.crop_padding"),
+        ({"data.decode_workers": 10**6}, "data.decode_workers"),
+        ({"data.subset": 2**64}, "data.subset"),
+        ({"data.data_dir": "photos-\udcff"}, "data.data_dir"),
     ],
 )
 def test_bad_values_are_rejected_naming_the_field(overrides, field):
     with pytest.raises(ConfigError) as err:
         resolve_config("default", overrides=overrides)
     assert str(err.value).startswith(field + ":"), str(err.value)
+
+
+def test_the_extremes_of_each_range_are_accepted():
+    cfg = resolve_config("default", overrides={"train.seed": 2**63 - 1, "train.warmup_epochs": 30, "train.epochs": 30})
+    assert cfg.train.seed == 2**63 - 1
+    import torch
+
+    from alexnet_pipeline.train import epoch_seed
+
+    torch.manual_seed(cfg.train.seed)  # what training does with it
+    torch.manual_seed(epoch_seed(cfg.train.seed, 30) + 1)
+    # A warm-up longer than the run matters only to the schedule that has one
+    # (training still computes its step count: an overflow is refused for all).
+    assert resolve_config("seed", overrides={"train.warmup_epochs": 99}).train.warmup_epochs == 99
+    with pytest.raises(ConfigError, match=r"^train\.warmup_epochs: 1e\+308 is more than this pipeline supports"):
+        resolve_config("seed", overrides={"train.warmup_epochs": 1e308})
 
 
 def test_smallest_alexnet_image_size_is_accepted():
@@ -143,6 +177,114 @@ def test_section_must_be_a_mapping(tmp_path):
     top = write_yaml(tmp_path / "list.yaml", "- a\n- b\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         resolve_config("default", top)
+
+
+def test_a_section_that_is_not_a_mapping_is_refused_even_when_a_flag_sets_that_section(tmp_path):
+    """`train: fast` used to vanish under --epochs 3, taking the preset's
+    train settings with it."""
+    fast = write_yaml(tmp_path / "fast.yaml", "train: fast\n")
+    for overrides in (None, {"train.epochs": 3}):
+        with pytest.raises(ConfigError) as err:
+            resolve_config("smoke", fast, overrides)
+        assert str(err.value).startswith("train: expected a mapping of settings"), str(err.value)
+        assert "'fast'" in str(err.value) and str(fast) in str(err.value)
+    listed = write_yaml(tmp_path / "list.yaml", "data: [1, 2]\nmodel: {weights: none}\n")
+    with pytest.raises(ConfigError, match=r"^data: expected a mapping.*list\.yaml"):
+        resolve_config("smoke", listed, {"data.subset": 10})
+
+
+def test_a_bad_value_in_the_file_is_refused_even_when_a_flag_overrides_it(tmp_path):
+    bad = write_yaml(tmp_path / "bad.yaml", "train:\n  epochs: {a: 1}\n")
+    with pytest.raises(ConfigError, match=r"^train\.epochs: expected an integer.*bad\.yaml"):
+        resolve_config("default", bad, {"train.epochs": 3})
+
+
+def test_an_empty_section_changes_nothing(tmp_path):
+    empty = write_yaml(tmp_path / "empty-section.yaml", "train:\n  # epochs: 3\ndata:\n")
+    assert resolve_config("smoke", empty, {"train.seed": 4}) == resolve_config("smoke", overrides={"train.seed": 4})
+
+
+# --- hostile YAML: bounded before anything is built ---------------------------------
+
+
+def _alias_bomb(levels: int) -> str:
+    """The "billion laughs": each level names the one below nine times."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\ntrain: {{epochs: *l{levels}}}\n"
+
+
+@pytest.mark.parametrize("levels", [6, 9])
+def test_an_alias_bomb_is_refused_without_being_expanded(tmp_path, levels):
+    """9 levels expand to 387 million strings: expanding (or echoing) it used
+    to print a 351 MB error line or raise MemoryError."""
+    bomb = write_yaml(tmp_path / "bomb.yaml", _alias_bomb(levels))
+    assert bomb.stat().st_size < 600
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", bomb)
+    message = str(err.value)
+    assert message.startswith(f"{bomb}: the YAML expands to more than 1,000,000"), message
+    assert "aliases" in message and len(message) < 400
+
+
+def test_a_few_aliases_are_fine(tmp_path):
+    reuse = write_yaml(tmp_path / "reuse.yaml", "train: &t {epochs: 2, seed: 5}\n")
+    assert resolve_config("default", reuse).train.seed == 5
+
+
+def test_deep_nesting_is_refused_naming_the_file(tmp_path):
+    """PyYAML's composer recurses per level: 5000 brackets were a RecursionError."""
+    deep = write_yaml(tmp_path / "deep.yaml", "train: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=rf"^{deep}: nested more than 16 levels deep at line 1"):
+        resolve_config("default", deep)
+
+
+def test_a_config_that_is_not_utf8_names_the_byte_and_line(tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes("train:\n  epochs: 3  # r\u00e9glage\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", latin1)
+    assert str(err.value) == f"config file {latin1} is not UTF-8 text: byte 0xe9 at line 2, column 17; save it as UTF-8"
+
+
+def test_paths_that_are_not_utf8_are_refused_naming_them(tmp_path):
+    """Such a path (Python keeps its bytes as lone surrogates) could not be
+    written into checkpoints, reports or Prefect's parameters."""
+    import os
+
+    odd = Path(os.fsdecode(os.fsencode(tmp_path) + b"/r\xe9glage.yaml"))
+    odd.write_text("train: {epochs: 2}\n")
+    with pytest.raises(ConfigError, match=r"^--config .*/r\\xe9glage\.yaml: the file name is not valid UTF-8"):
+        resolve_config("default", odd)
+    with pytest.raises(ConfigError, match=r"^out: .*/run-\\xff is not valid UTF-8; rename it"):
+        resolve_config("default", overrides={"out": os.fsdecode(os.fsencode(tmp_path) + b"/run-\xff")})
+
+
+def test_a_huge_config_file_is_refused_without_reading_it_all(tmp_path):
+    huge = write_yaml(tmp_path / "huge.yaml", "# padding\n" * 40_000)
+    with pytest.raises(ConfigError, match=r"larger than 256 KiB"):
+        resolve_config("default", huge)
+
+
+@pytest.mark.parametrize(("text", "phrase"), [
+    ("train:\n  [1, 2]: 3\n", "found unhashable key"),          # was a TypeError in the duplicate-key check
+    ("1: 2\nfoo: 3\n", "unknown config key foo"),               # mixed key types were a TypeError when sorted
+    ("train:\n  epochs: " + "9" * 5000 + "\n", "a value cannot be read"),  # a ValueError inside PyYAML
+    ("train:\n  epochs: 2024-13-45\n", "month must be in 1..12"),
+    ("train:\n  epochs: " + "9" * 50 + "\n", "out of range"),
+    ("train:\n  lr: " + "9" * 400 + "\n", "must be a finite number"),
+    ("data:\n  url: " + "x" * 100_000 + "\n", None),
+], ids=["list-key", "mixed-keys", "5000-digits", "bad-date", "long-int", "int-beyond-float", "long-string"])
+def test_odd_yaml_is_refused_with_a_short_message(tmp_path, text, phrase):
+    odd = write_yaml(tmp_path / "odd.yaml", text)
+    try:
+        resolve_config("default", odd, {"data.dataset": "imagefolder"} if phrase is None else None)
+    except ConfigError as exc:
+        message = str(exc)
+        assert phrase is not None and phrase in message, message
+        assert len(message) < 400, message  # the value is shown cut, never whole
+    else:
+        assert phrase is None  # a long URL is allowed; it is just not echoed anywhere
 
 
 def test_malformed_yaml_names_the_line(tmp_path):
@@ -208,6 +350,7 @@ def _main(argv, capsys):
         (["--image-size", "62"], "train.image_size"),
         (["--subset", "0"], "data.subset"),
         (["--batch-size", "0"], "train.batch_size"),
+        (["--seed", str(10**30)], "train.seed"),
     ],
 )
 def test_cli_rejects_bad_values_with_exit_code_2(argv, field, capsys, tmp_path):
@@ -229,6 +372,15 @@ def test_cli_malformed_config_file(capsys, tmp_path):
     code, err = _main(["--config", str(bad)], capsys)
     assert code == 2
     assert "malformed YAML" in err and "line 3" in err
+
+
+def test_cli_config_that_is_not_utf8_exits_2_naming_it(capsys, tmp_path):
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"train:\n  epochs: 2 # \xe9\n")
+    code, err = _main(["--config", str(latin1), "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"error: config file {latin1} is not UTF-8 text" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_cli_wrong_type_is_an_argparse_error(capsys):

@@ -3,8 +3,10 @@ arrays; the restricted unpickler; balanced subsets; the content-keyed cache."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from alexnet_pipeline.config import DataConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset, decode_image, load_cifar10_arrays
 from alexnet_pipeline.download import BATCH_FILES, ensure_cifar10
 from alexnet_pipeline.errors import DataError
+from tests.conftest import run_python_with_permissions_enforced
 from tests.fixtures import CLASS_NAMES, _batch, make_image_folder
 
 
@@ -350,3 +353,161 @@ def test_cache_dir_that_is_a_file_says_so(image_folder, tmp_path):
                    image_size=64, progress=False)
     assert "a file is in the way" in str(err.value) and "disk space" not in str(err.value)
     assert in_the_way.read_text() == "not a folder"
+
+
+# --- hostile and odd image folders: every error names the file, no traceback ---------
+
+
+def _file_named(folder: Path, name: bytes) -> Path:
+    """A path whose last part is these raw bytes (not necessarily UTF-8)."""
+    return Path(os.fsdecode(os.fsencode(folder) + b"/" + name))
+
+
+def test_file_names_that_are_not_utf8_are_hashed_decoded_and_shown_escaped(image_folder, tmp_path):
+    """Hashing the folder used to fail on such a name (UnicodeEncodeError),
+    before the bad-image handling, even with --skip-bad-images."""
+    cafe = _file_named(image_folder / "train" / "cat", b"caf\xe9.png")  # Latin-1, as old cameras wrote
+    os.rename(image_folder / "train" / "cat" / "0000.png", cafe)
+    broken = _file_named(image_folder / "train" / "dog", b"\xff\xfe.png")
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n but not really")
+    data = DataConfig(dataset="imagefolder", data_dir=str(image_folder), cache_dir=str(tmp_path / "cache"),
+                      stored_size=16)
+    with pytest.raises(DataError) as err:
+        preprocess(data, image_size=64, progress=False)
+    message = str(err.value)
+    message.encode("utf-8")  # printable and loggable as it is
+    shown = f"{image_folder}/train/dog/\\xff\\xfe.png"
+    assert f"{shown} (UnidentifiedImageError: cannot identify image file '{shown}')" in message
+    assert "caf" not in message and "\\udc" not in message
+    data.skip_bad_images = True
+    arrays = load_arrays(preprocess(data, image_size=64, progress=False))
+    assert len(arrays.train_labels) == 18  # café.png decoded like any other
+    assert [s.split(" (")[0] for s in arrays.skipped_files] == [f"{image_folder}/train/dog/\\xff\\xfe.png"]
+
+
+def test_a_class_folder_name_that_is_not_utf8_is_refused(image_folder):
+    for split in ("train", "test"):
+        os.rename(image_folder / split / "dog", _file_named(image_folder / split, b"d\xf6g"))
+    with pytest.raises(DataError, match=r"class folder .*/train/d\\xf6g: its name is not valid UTF-8.*rename"):
+        ImageFolderSource(image_folder)
+
+
+_PREPROCESS_IN_A_CHILD = """
+import json, sys
+from alexnet_pipeline.cache import load_arrays, preprocess
+from alexnet_pipeline.config import DataConfig
+from alexnet_pipeline.errors import DataError
+results = []
+for skip in (False, True):
+    data = DataConfig(dataset="imagefolder", data_dir=sys.argv[1], cache_dir=sys.argv[2], stored_size=16,
+                      skip_bad_images=skip)
+    try:
+        arrays = load_arrays(preprocess(data, image_size=64, progress=False))
+        results.append({"train": len(arrays.train_labels), "skipped": arrays.skipped_files})
+    except DataError as exc:
+        results.append({"error": str(exc)})
+print(json.dumps(results))
+"""
+
+
+def test_an_unreadable_image_is_a_bad_image_not_a_traceback(image_folder, tmp_path):
+    """A real permission error (capabilities dropped, see conftest): it used
+    to end in a traceback while hashing the folder, even with --skip-bad-images."""
+    locked = image_folder / "train" / "dog" / "0002.png"
+    locked.chmod(0)
+    proc = run_python_with_permissions_enforced(_PREPROCESS_IN_A_CHILD, str(image_folder), str(tmp_path / "cache"))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    refused, skipped = json.loads(proc.stdout)
+    assert refused["error"].startswith(f"1 image file(s) in {image_folder} could not be decoded:\n  {locked} "
+                                       "(cannot read it: Permission denied; check its permissions)")
+    assert "--skip-bad-images" in refused["error"]
+    assert skipped["train"] == 17 and skipped["skipped"] == [
+        f"{locked} (cannot read it: Permission denied; check its permissions)"]
+
+
+def test_an_unreadable_folder_inside_a_class_is_reported_not_skipped(image_folder):
+    """rglob skipped a folder it could not list without a word: its images
+    silently went missing from the dataset."""
+    hidden = image_folder / "train" / "dog" / "more"
+    hidden.mkdir()
+    os.rename(image_folder / "train" / "dog" / "0001.png", hidden / "0001.png")
+    hidden.chmod(0)
+    code = ("import sys\nfrom pathlib import Path\nfrom alexnet_pipeline.data import ImageFolderSource\n"
+            "from alexnet_pipeline.errors import DataError\n"
+            "try:\n    ImageFolderSource(Path(sys.argv[1]))\nexcept DataError as exc:\n    print(exc)\n")
+    try:
+        proc = run_python_with_permissions_enforced(code, str(image_folder))
+    finally:
+        hidden.chmod(0o755)  # so that pytest can delete it
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"cannot read the folder {hidden} (Permission denied); check its permissions"
+
+
+def test_an_image_that_would_inflate_past_the_pixel_limit_is_a_bad_image(tmp_path, monkeypatch):
+    """PIL refuses more than twice MAX_IMAGE_PIXELS but between once and
+    twice only warns: that image is now a bad image too, not gigabytes of
+    memory per decoding thread. (The limit is lowered here so that a 40x40
+    file is such an image.)"""
+    folder = make_image_folder(tmp_path / "images", size=20)
+    big = folder / "train" / "cat" / "big.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    data = DataConfig(dataset="imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache"), stored_size=16)
+    with pytest.raises(DataError, match=rf"{big} \(ValueError: 40x40 pixels is more than the 1,000 decoded here\)"):
+        preprocess(data, image_size=64, progress=False)
+    data.skip_bad_images = True
+    assert len(load_arrays(preprocess(data, image_size=64, progress=False)).train_labels) == 18
+
+
+# --- what the cache is keyed by ----------------------------------------------------------
+
+
+def _replace_keeping_size_and_times(target: Path, replacement: Path) -> None:
+    """Overwrite `target` with `replacement`'s bytes (same length) and set its
+    access and modification times back: the only trace left is ctime."""
+    before = target.stat()
+    assert replacement.stat().st_size == before.st_size and replacement.read_bytes() != target.read_bytes()
+    # ctime ticks with the kernel's clock (a few ms): make sure one tick has
+    # passed since the file was written, so the test never depends on speed.
+    while time.time_ns() < before.st_ctime_ns + 50_000_000:
+        time.sleep(0.01)
+    target.write_bytes(replacement.read_bytes())
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = target.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (before.st_size, before.st_mtime_ns, before.st_ino)
+
+
+def test_an_image_replaced_with_its_size_and_mtime_kept_is_not_a_cache_hit(tmp_path):
+    """Same size, mtime restored: Prefect's cache key (SourceFiles) used to be
+    equal, so the old preprocessed data were reused. Now the key includes
+    ctime and the inode, and the library's entry is keyed by content."""
+    from tasks.caching import SourceFiles
+
+    folder = make_image_folder(tmp_path / "images", ext=".bmp")  # uncompressed: equal sizes
+    policy = SourceFiles(params=("image_folder",), subfolders=("train", "test"))
+
+    def prefect_key() -> str:
+        return policy.compute_key(None, {"image_folder": str(folder)}, {})
+
+    data = DataConfig(dataset="imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache"), stored_size=16)
+    key, first = prefect_key(), preprocess(data, image_size=64, progress=False)
+    assert prefect_key() == key  # nothing changed: the same key, no file read for it
+    target = folder / "test" / "cat" / "0000.bmp"
+    _replace_keeping_size_and_times(target, folder / "test" / "dog" / "0000.bmp")
+    assert prefect_key() != key
+    second = preprocess(data, image_size=64, progress=False)
+    assert second != first
+    assert np.array_equal(load_arrays(second).test_images[0], decode_image(folder / "test" / "dog" / "0000.bmp", 16))
+    assert read_meta(second)["source_fingerprint"] != read_meta(first)["source_fingerprint"]
+
+
+def test_the_prefect_key_copes_with_odd_names_and_unreadable_files(image_folder):
+    """It used to raise on a name that is not UTF-8 (Prefect then logs a
+    traceback and caches nothing)."""
+    from tasks.caching import SourceFiles
+
+    policy = SourceFiles(params=("image_folder",), subfolders=("train", "test"))
+    _file_named(image_folder / "train" / "cat", b"\xff.png").write_bytes(b"x")
+    (image_folder / "train" / "cat" / "0001.png").chmod(0)  # stat() needs no read permission
+    key = policy.compute_key(None, {"image_folder": str(image_folder)}, {})
+    assert key == policy.compute_key(None, {"image_folder": str(image_folder)}, {})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import gzip
 import http.server
 import io
 import ipaddress
@@ -385,3 +386,141 @@ def test_preflight_reports_an_unreachable_server_at_once(tmp_path, cifar_data_di
     # A reachable server passes.
     with serve_folder(cifar_data_dir) as (base_url, _):
         check_cifar10_reachable(tmp_path / "empty", url=f"{base_url}/{ARCHIVE_NAME}")
+
+
+# --- input limits: size, ratio, entries; a full disk; unreadable files -------------------
+
+
+def _archive_of(data_dir: Path, members: list[tuple[str, int]]) -> Path:
+    """cifar-10-python.tar.gz in `data_dir` holding these (name, size) files of zeros."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    archive = data_dir / ARCHIVE_NAME
+    with tarfile.open(archive, "w:gz", compresslevel=9) as tar:
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(size)))
+    return archive
+
+
+def test_a_compression_bomb_is_refused_before_anything_is_written(tmp_path):
+    """80 MiB of zeros compress to 80 kB: over 100 times (the official archive
+    inflates 1.05 times). Refused from the first entry's header."""
+    data_dir = tmp_path / "data"
+    archive = _archive_of(data_dir, [(f"{BATCHES_DIR_NAME}/data_batch_1", 80 << 20)])
+    assert archive.stat().st_size < 200_000
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(data_dir, verify=False, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"refusing to extract {archive}: its 0.1 MB inflate to more than 83.9 MB, over 100 times")
+    assert "Delete it and run again" in message
+    assert sorted(p.name for p in data_dir.iterdir()) == [ARCHIVE_NAME]
+
+
+def test_an_archive_larger_than_the_cap_is_refused_from_its_headers(tmp_path):
+    """The issue's case: a few MB that claim 2 GiB. Only the header is read:
+    the refusal comes before the 2 GiB would be decompressed or written."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    info = tarfile.TarInfo(f"{BATCHES_DIR_NAME}/data_batch_1")
+    info.size = 2 << 30
+    with gzip.open(data_dir / ARCHIVE_NAME, "wb") as f:
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT) + bytes(1 << 20))  # the first MB of "data"
+    with pytest.raises(DataError, match=r"its entries add up to more than 1,073.7 MB \(the official .* holds 178 MB\)"):
+        ensure_cifar10(data_dir, verify=False, progress=False)
+    assert sorted(p.name for p in data_dir.iterdir()) == [ARCHIVE_NAME]
+
+
+def test_an_archive_with_too_many_entries_is_refused(tmp_path):
+    data_dir = tmp_path / "data"
+    _archive_of(data_dir, [(f"{BATCHES_DIR_NAME}/f{i}", 0) for i in range(1001)])
+    with pytest.raises(DataError, match=r"holds more than 1000 entries \(the official cifar-10-python.tar.gz holds 8\)"):
+        ensure_cifar10(data_dir, verify=False, progress=False)
+    assert sorted(p.name for p in data_dir.iterdir()) == [ARCHIVE_NAME]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 8 MB file system (tmpfs), so that ENOSPC is the kernel's own."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount an 8 MB tmpfs here to fill a real disk (needs root with CAP_SYS_ADMIN): "
+                    f"{mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_an_archive_too_large_for_the_disk_is_refused_before_extracting(small_disk):
+    archive = _archive_of(small_disk, [(f"{BATCHES_DIR_NAME}/data_batch_1", 12 << 20)])
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(small_disk, verify=False, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"not enough disk space: extracting {archive} needs 12.6 MB and the disk holding "
+                              f"{small_disk} has ")
+    assert "--data-dir on a disk with room" in message and "truncated" not in message
+    assert sorted(p.name for p in small_disk.iterdir()) == [ARCHIVE_NAME]
+
+
+def test_a_disk_that_fills_up_during_extraction_says_so_not_truncated(small_disk, monkeypatch):
+    """As if another process took the space after the check: the kernel's
+    ENOSPC mid-extraction used to read 'it is truncated or not a .tar.gz'."""
+    import alexnet_pipeline.download as download_module
+
+    real_free = download_module._free_bytes
+    answers = iter([1 << 40])  # the check before extracting sees room; later calls the truth
+    monkeypatch.setattr(download_module, "_free_bytes", lambda folder: next(answers, None) or real_free(folder))
+    archive = _archive_of(small_disk, [(f"{BATCHES_DIR_NAME}/data_batch_1", 12 << 20)])
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(small_disk, verify=False, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"the disk is full: extracting {archive} failed (No space left on device); "
+                              "its contents take 12.6 MB, ")
+    assert "free there now" in message and "truncated" not in message
+    assert sorted(p.name for p in small_disk.iterdir()) == [ARCHIVE_NAME]  # the partial extraction is gone
+
+
+def test_a_download_that_fills_the_disk_says_so_not_offline(small_disk, tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / ARCHIVE_NAME).write_bytes(bytes(12 << 20))
+    with serve_folder(served) as (base, _):
+        url = f"{base}/{ARCHIVE_NAME}"
+        with pytest.raises(DataError) as err:
+            ensure_cifar10(small_disk, url=url, progress=False)
+    message = str(err.value)
+    assert message.startswith(f"the disk is full: downloading {url} to {small_disk / ARCHIVE_NAME} failed "
+                              "(No space left on device); the official archive is 170.5 MB")
+    assert "offline" not in message
+    assert list(small_disk.iterdir()) == []  # the partial download is removed
+
+
+def test_an_unreadable_archive_is_named(cifar_data_dir):
+    """A real permission error (capabilities dropped, see conftest), with and
+    without the checksum (which reads it first)."""
+    from tests.conftest import run_python_with_permissions_enforced
+
+    archive = cifar_data_dir / ARCHIVE_NAME
+    archive.chmod(0)
+    code = ("import sys\nfrom alexnet_pipeline.download import ensure_cifar10\n"
+            "from alexnet_pipeline.errors import DataError\n"
+            "for verify in (True, False):\n"
+            "    try:\n        ensure_cifar10(sys.argv[1], verify=verify, progress=False)\n"
+            "    except DataError as exc:\n        print(exc)\n")
+    proc = run_python_with_permissions_enforced(code, str(cifar_data_dir))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    expected = f"cannot read {archive} (Permission denied); check its permissions, or delete it to download it again"
+    assert proc.stdout.splitlines() == [expected, expected]
+
+
+def test_a_data_dir_that_is_a_file_is_not_reported_as_offline(tmp_path):
+    """The check before Prefect starts said 'could not download' for it."""
+    from alexnet_pipeline.download import check_cifar10_reachable
+
+    (tmp_path / "data").write_text("oops")
+    with pytest.raises(DataError, match=r"--data-dir .*/data is a file, not a folder"):
+        check_cifar10_reachable(tmp_path / "data", url=closed_port_url())
