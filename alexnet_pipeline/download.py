@@ -33,6 +33,10 @@ from alexnet_pipeline.files import md5_file
 
 log = logging.getLogger(__name__)
 
+# Part of the download task's cache key: bump when a change here changes
+# what ensure_cifar10 returns.
+DOWNLOAD_VERSION = 1
+
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_DIR_NAME = "cifar-10-batches-py"
 BATCH_FILES = ("batches.meta", "data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch")

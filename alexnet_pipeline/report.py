@@ -12,6 +12,9 @@ import platform
 
 import pandas as pd
 
+# Part of the report task's cache key: bump when a change here changes the
+# files or artifacts the report writes.
+REPORT_VERSION = 1
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_s", "checkpoint"]
 
 

@@ -40,6 +40,10 @@ from alexnet_pipeline.transforms import Augmentation, BatchTransform
 
 log = logging.getLogger(__name__)
 
+# Part of the fine-tune task's cache key: bump when a change to training
+# (here or in transforms.py, device_data.py, model.py) changes its results.
+TRAIN_VERSION = 1
+
 # Steps between progress-bar updates: each one costs a host-device sync.
 SYNC_EVERY = 25
 

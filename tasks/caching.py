@@ -2,12 +2,14 @@
 
 Prefect's default policy includes the flow run id, so a new run would redo
 everything. Here keys come from the task's inputs, its source, and the
-library's source: TASK_SOURCE alone would miss a change in alexnet_pipeline.
+version of the stage's logic: a constant in the library module behind the
+stage (PREPROCESS_VERSION in cache.py, EVALUATE_VERSION in evaluate.py, ...),
+bumped by hand when a change there changes what the stage returns. Editing a
+comment or another stage's code then invalidates nothing.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,24 +17,18 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-import alexnet_pipeline
 from alexnet_pipeline.files import listing_digest, sha256_file
 
 
-@functools.cache
-def library_source_hash() -> str:
-    digest = hashlib.sha256()
-    for path in sorted(Path(alexnet_pipeline.__file__).parent.rglob("*")):
-        if path.suffix in (".py", ".yaml"):
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @dataclass
-class LibrarySource(CachePolicy):
+class StageVersion(CachePolicy):
+    """The stage's name and logic version, e.g. "evaluate/1"."""
+
+    stage: str = ""
+    version: int | str = 1
+
     def compute_key(self, task_ctx, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kwargs) -> str:
-        return library_source_hash()
+        return f"{self.stage}/{self.version}"
 
 
 @dataclass
@@ -73,19 +69,24 @@ class SourceFiles(CachePolicy):
         return digest.hexdigest()
 
 
-ACROSS_RUNS = INPUTS + TASK_SOURCE + LibrarySource()
-# Fine-tuning is keyed by the config's fingerprint (every setting that changes
-# results, a --weights file by content) rather than by the config itself:
-# settings that don't change results (--no-verify, where the data sits) keep
-# the finished run's cache hit.
-BY_FINGERPRINT = (INPUTS - "config") + TASK_SOURCE + LibrarySource()
+def across_runs(stage: str, version: int | str) -> CachePolicy:
+    """Keyed on every input, the task's source and the stage's version."""
+    return INPUTS + TASK_SOURCE + StageVersion(stage=stage, version=version)
 
 
-def by_file_content(param: str, *ignored_inputs: str) -> CachePolicy:
+def by_fingerprint(stage: str, version: int | str) -> CachePolicy:
+    """Fine-tuning is keyed by the config's fingerprint (every setting that
+    changes results, a --weights file by content) rather than by the config
+    itself: settings that don't change results (--no-verify, where the data
+    sits) keep the finished run's cache hit."""
+    return (INPUTS - "config") + TASK_SOURCE + StageVersion(stage=stage, version=version)
+
+
+def by_file_content(param: str, stage: str, version: int | str, *ignored_inputs: str) -> CachePolicy:
     inputs = INPUTS - param
     for name in ignored_inputs:
         inputs = inputs - name
-    return FileContent(param=param) + inputs + TASK_SOURCE + LibrarySource()
+    return FileContent(param=param) + inputs + TASK_SOURCE + StageVersion(stage=stage, version=version)
 
 
 def call_cached(task, still_valid, **kwargs):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from alexnet_pipeline.evaluate import evaluate_checkpoint
+from alexnet_pipeline.evaluate import EVALUATE_VERSION, evaluate_checkpoint
 from tasks.caching import by_file_content
 
 
@@ -18,7 +18,7 @@ def _run_name() -> str:
 
 # Keyed by the checkpoint's bytes: a rewritten checkpoint is evaluated again,
 # an unchanged one never is, wherever it lives.
-@task(name="evaluate-checkpoint", cache_policy=by_file_content("checkpoint"), persist_result=True,
+@task(name="evaluate-checkpoint", cache_policy=by_file_content("checkpoint", "evaluate", EVALUATE_VERSION), persist_result=True,
       task_run_name=_run_name)
 def evaluate_checkpoint_task(checkpoint: str, dataset_dir: str, device: str, subset: int | None,
                              batch_size: int) -> dict:

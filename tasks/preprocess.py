@@ -5,18 +5,18 @@ from pathlib import Path
 
 from prefect import task
 
-from alexnet_pipeline.cache import is_complete, preprocess
+from alexnet_pipeline.cache import PREPROCESS_VERSION, is_complete, preprocess
 from alexnet_pipeline.config import DataConfig, PipelineConfig
 from alexnet_pipeline.timing import StageTimer
 from tasks import download
-from tasks.caching import ACROSS_RUNS, SourceFiles, call_cached
+from tasks.caching import SourceFiles, across_runs, call_cached
 
 
 # Keyed on what the cached arrays depend on, not on the whole config: a new
 # lr, seed or epoch count (every trial of a sweep) finds the entry without
 # reading an image. The source folder's file listing is part of the key: an
 # edited image folder is preprocessed again, though no setting changed.
-@task(name="preprocess", cache_policy=ACROSS_RUNS + SourceFiles(params=("source_dir",))
+@task(name="preprocess", cache_policy=across_runs("preprocess", PREPROCESS_VERSION) + SourceFiles(params=("source_dir",))
       + SourceFiles(params=("image_folder",), subfolders=("train", "test")), persist_result=True)
 def preprocess_data(data: dict, image_size: int | None, source_dir: str | None, image_folder: str | None) -> str:
     """Folder of cached uint8 arrays for this source (built once, by content).

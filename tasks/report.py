@@ -9,13 +9,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from alexnet_pipeline import faults
 from alexnet_pipeline.files import atomic_path, atomic_write_text
 from alexnet_pipeline.report import (
+    REPORT_VERSION,
     accuracy_figure,
     best_row,
     confusion_figure,
     epoch_table,
     report_markdown,
 )
-from tasks.caching import ACROSS_RUNS
+from tasks.caching import across_runs
 
 REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
 
@@ -32,7 +33,7 @@ def _save_figure(fig, path: Path) -> None:
 
 # Timings and memory peaks differ on every invocation; leaving them out of the
 # key keeps a finished run's report a cache hit (it then shows the run that made it).
-@task(name="write-report", cache_policy=ACROSS_RUNS - "measurements", persist_result=True)
+@task(name="write-report", cache_policy=across_runs("report", REPORT_VERSION) - "measurements", persist_result=True)
 def write_report(run_dir: str, history: list[dict], evaluations: list[dict], class_names: list[str], config: dict,
                  env: dict, measurements: dict, skipped_files: list[str]) -> dict[str, str]:
     """`measurements`: {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""

@@ -8,11 +8,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from alexnet_pipeline.config import config_from_dict
 from alexnet_pipeline.files import sha256_file
-from alexnet_pipeline.train import EpochStats, train_run
-from tasks.caching import BY_FINGERPRINT
+from alexnet_pipeline.train import TRAIN_VERSION, EpochStats, train_run
+from tasks.caching import by_fingerprint
 
 
-@task(name="fine-tune", cache_policy=BY_FINGERPRINT, persist_result=True)
+@task(name="fine-tune", cache_policy=by_fingerprint("fine-tune", TRAIN_VERSION), persist_result=True)
 def fine_tune(config: dict, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
     """Train (or resume) and return one dict of stats per epoch, each naming
     its checkpoint. The library resumes from the run folder's last complete
