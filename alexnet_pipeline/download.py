@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # Part of the download task's cache key: bump when a change here changes
 # what ensure_cifar10 returns.
-DOWNLOAD_VERSION = 1
+DOWNLOAD_VERSION = 2
 
 ARCHIVE_NAME = "cifar-10-python.tar.gz"
 BATCHES_DIR_NAME = "cifar-10-batches-py"
@@ -79,6 +79,9 @@ def ensure_cifar10(
     batches_dir = data_dir / BATCHES_DIR_NAME
     if batches_complete(batches_dir):
         log.info("Using the extracted CIFAR-10 batches in %s", batches_dir)
+        if verify and md5 == CIFAR10_MD5:
+            # No archive checked in this call: check the files themselves.
+            _verify_batches(batches_dir)
         return batches_dir
     if data_dir.exists() and not data_dir.is_dir():
         raise _data_dir_is_a_file(data_dir)
@@ -111,6 +114,31 @@ def ensure_cifar10(
             f"under {BATCHES_DIR_NAME}/); use the official {ARCHIVE_NAME}"
         )
     return batches_dir
+
+
+def official_batch_md5s() -> dict[str, str]:
+    """The MD5 of each file of the official archive, as torchvision's CIFAR10
+    dataset lists them."""
+    from torchvision.datasets import CIFAR10
+
+    return {**dict(CIFAR10.train_list + CIFAR10.test_list), CIFAR10.meta["filename"]: CIFAR10.meta["md5"]}
+
+
+def _verify_batches(batches_dir: Path) -> None:
+    expected = official_batch_md5s()
+    differ = []
+    for name in BATCH_FILES:
+        try:
+            if md5_file(batches_dir / name) != expected[name]:
+                differ.append(name)
+        except OSError as exc:
+            raise DataError(f"cannot read {batches_dir / name} ({exc.strerror or exc}); check its permissions") from None
+    if differ:
+        raise DataError(
+            f"{', '.join(differ)} in {batches_dir} differ from the official CIFAR-10 files (MD5s as torchvision lists "
+            f"them). Delete {batches_dir} to extract them again from the archive, or pass --no-verify to use them "
+            "as they are."
+        )
 
 
 def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:

@@ -524,3 +524,28 @@ def test_a_data_dir_that_is_a_file_is_not_reported_as_offline(tmp_path):
     (tmp_path / "data").write_text("oops")
     with pytest.raises(DataError, match=r"--data-dir .*/data is a file, not a folder"):
         check_cifar10_reachable(tmp_path / "data", url=closed_port_url())
+
+
+def test_extracted_batches_are_checked_against_the_official_md5s(cifar_data_dir, monkeypatch):
+    """--verify means something once the archive is extracted: batch files
+    already in the data folder are checked file by file against the MD5s
+    torchvision lists for the official archive (these generated ones are not
+    official, so they are refused with what to do); --no-verify uses them."""
+    from alexnet_pipeline import download as download_module
+
+    batches = ensure_cifar10(cifar_data_dir, verify=False, progress=False)
+    with pytest.raises(DataError) as err:
+        ensure_cifar10(cifar_data_dir, url=closed_port_url(), progress=False)
+    message = str(err.value)
+    assert "data_batch_1" in message and "official CIFAR-10" in message and "--no-verify" in message
+    assert ensure_cifar10(cifar_data_dir, url=closed_port_url(), verify=False, progress=False) == batches
+
+    # With the official list matching these files, the same call goes through;
+    # one file changed afterwards is named.
+    official = {name: md5_of(batches / name) for name in download_module.BATCH_FILES}
+    monkeypatch.setattr(download_module, "official_batch_md5s", lambda: official)
+    assert ensure_cifar10(cifar_data_dir, url=closed_port_url(), progress=False) == batches
+    with open(batches / "test_batch", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(DataError, match=r"^test_batch in .* differ from the official"):
+        ensure_cifar10(cifar_data_dir, url=closed_port_url(), progress=False)
