@@ -154,8 +154,11 @@ def confusion_figure(confusion: list[list[int]], class_names: list[str], title: 
         colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
         colorbar.set_label("test images (count)")
         colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xticks(range(n), class_names, rotation=45, ha="right")
-        ax.set_yticks(range(n), class_names)
+        # Many classes: upright labels would overlap, small ones still fit.
+        tick_size = 8 if n <= 20 else 6 if n <= 100 else 5
+        ax.set_xticks(range(n), class_names, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+                      fontsize=tick_size)
+        ax.set_yticks(range(n), class_names, fontsize=tick_size)
         ax.set(xlabel="predicted class", ylabel="true class", title=title)
         if n <= 20:
             threshold = matrix.max(initial=0) / 2
