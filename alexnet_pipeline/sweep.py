@@ -86,22 +86,47 @@ def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:
     return table.reindex(columns=columns)
 
 
-def sweep_figure(curves: dict[str, pd.DataFrame]):
-    """Test accuracy against epoch, one line per trial."""
-    import matplotlib
+# Trials with equal results would draw over each other: each trial gets its
+# own marker and line style, and its points are shifted sideways by a small,
+# stated amount (at most this many epochs either side).
+TRIAL_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+TRIAL_LINESTYLES = ["-", "--", "-.", ":"]
+MAX_TRIAL_OFFSET = 0.15
 
-    matplotlib.use("Agg")
+
+def trial_offsets(count: int) -> list[float]:
+    """Sideways shift of each trial's points, in epochs: symmetric around 0,
+    all within +-MAX_TRIAL_OFFSET, none for a single trial."""
+    if count <= 1:
+        return [0.0] * count
+    step = 2 * MAX_TRIAL_OFFSET / (count - 1)
+    return [round(-MAX_TRIAL_OFFSET + i * step, 4) for i in range(count)]
+
+
+def sweep_figure(curves: dict[str, pd.DataFrame], num_classes: int | None = None):
+    """Test accuracy against epoch, one line per trial, in the report's style
+    (0-100% axis, chance drawn when `num_classes` is given, whole epochs)."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    for label, curve in curves.items():
-        ax.plot(curve["epoch"], curve["test_acc"] * 100, "o-", label=label)
-    if not curves:
-        ax.text(0.5, 0.5, "no trial completed", ha="center", va="center", transform=ax.transAxes)
-    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="Sweep: test accuracy per epoch")
-    ax.grid(True, alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    if curves:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    from alexnet_pipeline.report import figure_style, style_accuracy_axis, style_epoch_axis
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        offsets = trial_offsets(len(curves))
+        for i, ((label, curve), offset) in enumerate(zip(curves.items(), offsets)):
+            ax.plot(curve["epoch"] + offset, curve["test_acc"] * 100, label=label,
+                    marker=TRIAL_MARKERS[i % len(TRIAL_MARKERS)],
+                    linestyle=TRIAL_LINESTYLES[i % len(TRIAL_LINESTYLES)],
+                    markerfacecolor="none" if i % 2 else None, alpha=0.9)
+        if not curves:
+            ax.text(0.5, 0.5, "no trial completed", ha="center", va="center", transform=ax.transAxes)
+        style_accuracy_axis(ax, num_classes)
+        style_epoch_axis(ax, [e for curve in curves.values() for e in curve["epoch"]])
+        title = "Sweep: test accuracy per epoch"
+        if len(curves) > 1:
+            title += f"\n(points shifted sideways by up to {MAX_TRIAL_OFFSET:g} epoch so equal results stay visible)"
+        ax.set(ylabel="test accuracy (top-1)", title=title)
+        if curves or num_classes:
+            ax.legend(loc="best")
+        fig.tight_layout()
     return fig

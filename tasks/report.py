@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from alexnet_pipeline import faults
 from alexnet_pipeline.files import atomic_path, atomic_write_text
 from alexnet_pipeline.report import (
+    REPORT_IMAGES,
     REPORT_VERSION,
     accuracy_figure,
     best_row,
@@ -19,16 +21,23 @@ from alexnet_pipeline.report import (
 from tasks.caching import across_runs
 
 REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
+# Modest: the same PNG bytes are embedded (base64) in the UI's markdown
+# artifact, about 150 KB for CIFAR-10's ten classes.
+FIGURE_DPI = 110
 
 
-def _save_figure(fig, path: Path) -> None:
+def _png_bytes(fig) -> bytes:
     import matplotlib.pyplot as plt
 
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
+        tmp.write_bytes(data)
 
 
 # Timings and memory peaks differ on every invocation; leaving them out of the
@@ -39,17 +48,25 @@ def write_report(run_dir: str, history: list[dict], evaluations: list[dict], cla
     """`measurements`: {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""
     out = Path(run_dir)
     df = epoch_table(history, evaluations)
-    best_index = int(best_row(df).name)
-    best_result = evaluations[[h["epoch"] for h in history].index(int(df.loc[best_index, "epoch"]))]
-    markdown = report_markdown(df, best_result, class_names, config, env, measurements, skipped_files)
+    best_epoch = int(best_row(df)["epoch"])
+    best_result = evaluations[[h["epoch"] for h in history].index(best_epoch)]
+    pngs = {
+        "accuracy": _png_bytes(accuracy_figure(df, len(class_names), config.get("train", {}).get("label_smoothing"))),
+        "confusion": _png_bytes(confusion_figure(best_result["confusion"], class_names,
+                                                 f"Confusion matrix, best epoch ({best_epoch})")),
+    }
+    report_args = (df, best_result, class_names, config, env, measurements, skipped_files)
     atomic_write_text(out / "accuracy.csv", df.to_csv(index=False))
-    _save_figure(accuracy_figure(df), out / "accuracy.png")
-    _save_figure(confusion_figure(best_result["confusion"], class_names,
-                                  f"Confusion matrix, epoch {int(df.loc[best_index, 'epoch'])}"), out / "confusion.png")
+    for name, data in pngs.items():
+        _write_bytes(out / REPORT_IMAGES[name], data)
     faults.crash_point("report")
-    atomic_write_text(out / "report.md", markdown)
+    # On disk the images are the files beside report.md; the UI cannot serve
+    # those, so the artifact carries them inline.
+    atomic_write_text(out / "report.md", report_markdown(*report_args))
+    inline = {name: "data:image/png;base64," + base64.b64encode(data).decode() for name, data in pngs.items()}
     create_table_artifact(df.to_dict(orient="records"), key="accuracy-per-epoch", description=f"{run_dir}: accuracy per epoch")
-    create_markdown_artifact(markdown, key="accuracy-report", description=f"{run_dir}: report.md")
+    create_markdown_artifact(report_markdown(*report_args, images=inline), key="accuracy-report",
+                             description=f"{run_dir}: report.md, images inline")
     return {name: str(out / name) for name in REPORT_FILES}
 
 

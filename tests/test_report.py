@@ -65,36 +65,138 @@ def test_best_epoch_is_the_earliest_highest_test_accuracy():
     assert int(best["epoch"]) == 2 and best["test_acc"] == 0.75
 
 
+def _legend_texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
 def test_accuracy_figure_marks_the_best_epoch():
-    fig = accuracy_figure(epoch_table(HISTORY, EVALUATIONS))
+    fig = accuracy_figure(epoch_table(HISTORY, EVALUATIONS), num_classes=2)
     acc_ax, loss_ax = fig.axes
     for ax in (acc_ax, loss_ax):
-        vertical = [line for line in ax.get_lines() if len(set(line.get_xdata())) == 1]
-        assert [line.get_xdata()[0] for line in vertical] == [2]
+        vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [2, 2]]
+        assert len(vertical) == 1  # the best epoch's dotted line
     assert [list(line.get_ydata()) for line in acc_ax.get_lines()[:2]] == [[40, 60, 70, 80], [50, 75, 75, 25]]
-    assert any("best 75.00% (epoch 2)" in text.get_text() for text in acc_ax.texts)
+    assert "best: 75.0%, epoch 2 (selected on test set)" in _legend_texts(acc_ax)
 
 
-def test_confusion_figure_shows_the_counts():
+def test_accuracy_figure_is_honest_about_scale_and_chance():
+    """0-100% (no autoscaled 10.8-18% that makes noise look like progress),
+    chance drawn, loss from 0 with a uniform guess's ln(C) drawn."""
+    import math
+
+    df = epoch_table(HISTORY, EVALUATIONS)
+    acc_ax, loss_ax = accuracy_figure(df, num_classes=2).axes
+    assert acc_ax.get_ylim() == (0, 100)
+    chance = [line for line in acc_ax.get_lines() if list(line.get_ydata()) == [50, 50]]
+    assert len(chance) == 1 and "chance (50%)" in _legend_texts(acc_ax)
+    assert loss_ax.get_ylim()[0] == 0
+    uniform = [line for line in loss_ax.get_lines() if list(line.get_ydata()) == [math.log(2)] * 2]
+    assert len(uniform) == 1 and "uniform guess (ln 2 = 0.69)" in _legend_texts(loss_ax)
+
+
+def test_one_epoch_run_has_one_whole_epoch_tick():
+    df = epoch_table(HISTORY[:1], EVALUATIONS[:1])
+    for ax in accuracy_figure(df, num_classes=10).axes:
+        ax.figure.canvas.draw()
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1]
+
+
+def test_many_epochs_get_whole_epoch_ticks():
+    history = [history_row(e, 0.5) for e in range(1, 31)]
+    df = epoch_table(history, [EVALUATIONS[0]] * 30)
+    ax = accuracy_figure(df, num_classes=10).axes[0]
+    ax.figure.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert len(ticks) >= 4 and all(float(t).is_integer() for t in ticks)
+
+
+def test_confusion_figure_shows_counts_and_row_shares():
     fig = confusion_figure([[3, 1], [0, 4]], CLASSES, "Confusion matrix, epoch 2")
-    ax = fig.axes[0]
+    ax, colorbar_ax = fig.axes
     assert ax.get_title() == "Confusion matrix, epoch 2"
-    assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "3", "4"]
+    assert sorted(t.get_text() for t in ax.texts) == ["0\n0%", "1\n25%", "3\n75%", "4\n100%"]
     assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+    assert colorbar_ax.get_ylabel() == "test images (count)"
+    fig.canvas.draw()
+    low, high = colorbar_ax.get_ylim()
+    ticks = [t for t in colorbar_ax.get_yticks() if low <= t <= high]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
+
+
+def test_sweep_figure_keeps_equal_trials_apart():
+    """Two trials with the same results stay visible: different markers and
+    line styles, points shifted sideways by a small stated amount; the same
+    0-100% axis and chance line as the run's own figure."""
+    from alexnet_pipeline.sweep import MAX_TRIAL_OFFSET, sweep_figure
+
+    curve = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.3, 0.4]})
+    ax = sweep_figure({"1: lr=0.1": curve, "2: lr=0.2": curve.copy()}, num_classes=10).axes[0]
+    first, second = ax.get_lines()[:2]
+    assert list(first.get_ydata()) == list(second.get_ydata()) == [30, 40]
+    assert list(first.get_xdata()) != list(second.get_xdata())
+    assert all(abs(x - e) <= MAX_TRIAL_OFFSET + 1e-9 for line in (first, second) for x, e in zip(line.get_xdata(), [1, 2]))
+    assert (first.get_marker(), first.get_linestyle()) != (second.get_marker(), second.get_linestyle())
+    assert ax.get_ylim() == (0, 100) and "chance (10%)" in _legend_texts(ax)
+    assert f"{MAX_TRIAL_OFFSET:g} epoch" in ax.get_title()
+    ax.figure.canvas.draw()
+    assert [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]] == [1, 2]
 
 
 def test_report_markdown_names_best_and_final_epoch():
     df = epoch_table(HISTORY, EVALUATIONS)
     env = environment("cpu")
     text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, env, MEASUREMENTS, skipped_files=["/x/bad.png (broken)"])
-    assert "best test accuracy: **75.00%** at epoch 2" in text
-    assert "final test accuracy: 25.00% at epoch 4" in text
+    assert "best test accuracy: **75.0%** at epoch 2, selected on the test set" in text
+    assert "final test accuracy: 25.0% at epoch 4" in text
     assert "seed: 17" in text and f"torch {env['torch']}" in text and "device: cpu" in text
-    assert "| cat | 100 |" in text and "| dog | 50 |" in text  # per-class accuracy of the best checkpoint
-    assert "| train | 12 |" in text
+    assert "| cat | 100.0 | 2 |" in text and "| dog | 50.0 | 2 |" in text  # per-class accuracy of the best checkpoint
+    assert "| train | 12.0 |" in text
     assert "/x/bad.png" in text
+    assert "![Accuracy and loss per epoch](accuracy.png)" in text and "](confusion.png)" in text
     config_json = text.split("```json\n", 1)[1].split("```", 1)[0]
     assert json.loads(config_json) == CONFIG
+
+
+def test_report_markdown_tables_are_readable_and_consistent():
+    """Readable headers, no snake_case; accuracies with one decimal and
+    losses with three everywhere (not 15 beside 15.4, 2.29 beside 2.205)."""
+    import re
+
+    df = epoch_table(HISTORY, EVALUATIONS)
+    text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, environment("cpu"), MEASUREMENTS, skipped_files=[])
+    tables = text.split("## Configuration", 1)[0]
+    headers = [line for line in tables.splitlines() if line.startswith("| ") and "---" not in line
+               and line.split("|")[1].strip() in ("Epoch", "Class", "Stage")]
+    assert headers[0] == ("| Epoch | Train loss | Train accuracy (%) | Test loss | Test accuracy (%) | "
+                          "Learning rate | Epoch time (s) | Images/s |")
+    assert headers[1] == "| Class | Accuracy (%) | Test images |"
+    assert headers[2] == "| Stage | Seconds |"
+    assert not re.search(r"\b[a-z]+_[a-z]+\b", "\n".join(headers))
+    assert "| 1 | 1.000 | 40.0 | 0.900 | 50.0 |" in tables
+    assert "| 2 (best) | 0.500 | 60.0 | 0.600 | 75.0 |" in tables
+    assert "| 4 | 0.250 | 80.0 | 1.200 | 25.0 |" in tables
+    percents = re.findall(r"(\d+(?:\.\d+)?)%", tables)
+    assert percents and all(re.fullmatch(r"\d+\.\d", p) for p in percents), percents
+
+
+def test_report_verdict_says_when_a_result_is_near_chance():
+    from alexnet_pipeline.report import verdict
+
+    # The smoke run: 15.4% on 1000 CIFAR-10 test images.
+    smoke = verdict(best_acc=0.154, final_acc=0.15, num_classes=10, num_images=1000)
+    assert smoke.startswith("near chance: a demonstration that the pipeline runs, not a result")
+    assert "15.4%" in smoke and "10.0% chance" in smoke
+    trained = verdict(best_acc=0.874, final_acc=0.871, num_classes=10, num_images=10_000)
+    assert trained.startswith("above chance") and "87.1% ± 0.7 points" in trained and "optimistic" in trained
+    # Ten test images cannot show that 80% on two classes beats a coin.
+    assert verdict(0.8, 0.8, num_classes=2, num_images=10).startswith("near chance")
+
+    df = epoch_table(HISTORY, EVALUATIONS)
+    text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, environment("cpu"), MEASUREMENTS, skipped_files=[])
+    verdict_lines = [line for line in text.splitlines() if line.startswith("**Verdict:**")]
+    assert verdict_lines == [f"**Verdict:** {verdict(0.75, 0.25, num_classes=2, num_images=4)}"]
+    assert text.index("**Verdict:**") < text.index("best test accuracy")
 
 
 def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_path):
@@ -126,7 +228,8 @@ def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_p
         data = (run_dir / png).read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
     report = (run_dir / "report.md").read_text()
-    assert "at epoch 2" in report and "![accuracy](accuracy.png)" in report and "![confusion matrix](confusion.png)" in report
+    # On disk, report.md links the PNGs beside it.
+    assert "at epoch 2" in report and "](accuracy.png)" in report and "](confusion.png)" in report
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(paths)  # no temporary files left
 
     with get_client(sync_client=True) as client:
@@ -137,4 +240,39 @@ def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_p
     table = by_key["accuracy-per-epoch"].data
     table = json.loads(table) if isinstance(table, str) else table
     assert [row["test_acc"] for row in table] == [0.5, 0.75, 0.75, 0.25]
-    assert by_key["accuracy-report"].data == report
+
+
+def test_report_artifact_carries_its_images_inline(prefect_storage, tmp_path):
+    """Prefect's UI cannot serve the run folder's files: the markdown artifact
+    embeds the same PNGs as data: URIs (a relative link is a broken image
+    there), and is otherwise report.md."""
+    import base64
+    import re
+
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from tasks.report import write_report
+
+    run_dir = tmp_path / "run"
+
+    @flow
+    def report_only():
+        write_report.fn(run_dir=str(run_dir), history=HISTORY, evaluations=EVALUATIONS, class_names=CLASSES,
+                        config=CONFIG, env=environment("cpu"), measurements=MEASUREMENTS, skipped_files=[])
+
+    state = report_only(return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    (markdown,) = [a.data for a in artifacts if a.key == "accuracy-report"]
+    links = re.findall(r"!\[[^\]]*\]\(([^)]*)\)", markdown)
+    assert len(links) == 2 and all(link.startswith("data:image/png;base64,") for link in links)
+    embedded = [base64.b64decode(link.split(",", 1)[1]) for link in links]
+    assert embedded == [(run_dir / "accuracy.png").read_bytes(), (run_dir / "confusion.png").read_bytes()]
+    on_disk = (run_dir / "report.md").read_text()
+    assert markdown.replace(links[0], "accuracy.png").replace(links[1], "confusion.png") == on_disk
+    # Kept modest: the artifact is stored in Prefect's database and loaded by the UI.
+    assert len(markdown.encode()) < 500_000
