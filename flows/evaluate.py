@@ -83,6 +83,9 @@ def evaluate_latest(
         # The paths recorded at training time may be another machine's; these are this one's.
         history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
         meta = read_meta(dataset_dir)
+        # This invocation trained nothing: the report keeps the training time
+        # the checkpoints recorded, beside this invocation's own stages.
+        timer.seconds["train (recorded in the checkpoints)"] = round(sum(h["epoch_seconds"] for h in history), 3)
         paths = call_cached(
             report.write_report, report.still_valid, run_dir=str(run_path), history=history, evaluations=evaluations,
             class_names=meta["class_names"], config=config, env=environment(cfg.train.device),

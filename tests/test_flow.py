@@ -297,6 +297,11 @@ def test_evaluate_latest_rewrites_the_report_and_refuses_other_data(first_run, t
         ours, ref = pd.read_csv(copy / "accuracy.csv"), pd.read_csv(first_run.out / "accuracy.csv")
         pd.testing.assert_frame_equal(ours[NUMBER_COLUMNS], ref[NUMBER_COLUMNS])
         assert result["epochs"] == 2
+        # The training time stays in the rewritten report's stage table.
+        trained_s = ref["epoch_seconds"].sum()
+        row = next(line for line in (copy / "report.md").read_text().splitlines()
+                   if line.startswith("| train (recorded in the checkpoints)"))
+        assert float(row.split("|")[2]) == pytest.approx(trained_s, abs=0.1)
 
         other_data = tmp_path / "other-data"
         make_cifar_archive(other_data, seed=7)  # same classes, other images
