@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.files import atomic_path, atomic_write_text
+from alexnet_pipeline.ownership import REPORT_FILES
 from alexnet_pipeline.report import (
     accuracy_figure,
     best_row,
@@ -16,8 +17,6 @@ from alexnet_pipeline.report import (
     report_markdown,
 )
 from tasks.caching import ACROSS_RUNS
-
-REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
 
 
 def _save_figure(fig, path: Path) -> None:
