@@ -256,7 +256,7 @@ def _unknown_in_run_folder(real: Path) -> list[str]:
     """Entries of a run folder that a run does not write, as 'name' or 'checkpoints/name'."""
     unknown = []
     for entry in sorted(real.iterdir()):
-        if entry.name == CHECKPOINT_DIR and entry.is_dir() and not entry.is_symlink():
+        if entry.name == CHECKPOINT_DIR and entry.is_dir():  # a link to a folder elsewhere counts too
             unknown += [f"{CHECKPOINT_DIR}/{_entry_name(e)}" for e in sorted(entry.iterdir())
                         if e.is_dir() or not _known_name(e.name, _CHECKPOINT_FILE.fullmatch)]
         elif entry.is_dir() or not _known_name(entry.name, {RUN_MARKER, LOCK_NAME, *REPORT_FILES}.__contains__):
@@ -298,7 +298,7 @@ def check_run_folder_layout(run_dir: str | Path) -> str:
     if unknown:
         raise ConfigError(
             f"out: {path} already exists and was not made by a run of this pipeline (it has no {RUN_MARKER}); "
-            f"it holds {_listing(unknown)}. A run writes {', '.join(REPORT_FILES)} and {CHECKPOINT_DIR}/ into its "
+            f"it holds {_listing(sorted(_entry_name(e) for e in entries))}. A run writes {', '.join(REPORT_FILES)} and {CHECKPOINT_DIR}/ into its "
             "folder and would overwrite files of those names. Pass a new or empty folder as --out (or leave "
             "--out out to use runs/<name>); nothing was written."
         )
