@@ -300,6 +300,21 @@ def load_resume_state(checkpoint_dir: Path) -> dict | None:
     return state
 
 
+def read_run_record(path: str | Path) -> dict | None:
+    """What a checkpoint or resume.pt says about the run that wrote it
+    ("config", "dataset_key", "config_fingerprint"; None for what it does not
+    record), or None when the file is missing, damaged or not this
+    pipeline's. No weights are read: the tensors stay memory-mapped."""
+    path = Path(path)
+    try:
+        obj = _load(path)
+    except CheckpointError:
+        return None
+    if path.name != RESUME_NAME and obj.get("format") != FORMAT:
+        return None
+    return {key: obj.get(key) for key in ("config", "dataset_key", "config_fingerprint")}
+
+
 def verify_checkpoint(path: Path, expected_sha256: str) -> bool:
     return path.is_file() and sha256_file(path) == expected_sha256
 

@@ -186,3 +186,38 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def create_text_exclusively(path: str | Path, text: str) -> bool:
+    """Create `path` holding `text` unless it exists already; return whether
+    this call created it. Complete or absent, as atomic_path's files: written
+    to a temporary name and hard-linked into place (link, unlike rename,
+    refuses to replace an existing file), so of two processes racing for the
+    same name exactly one creates it."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _default_mode())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:
+            # A filesystem without hard links (some FUSE and SMB mounts):
+            # O_EXCL still decides the race, and the file is small.
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _default_mode())
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        _fsync_dir(path.parent)
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -10,6 +10,11 @@ crashed run never leaves it stuck: the next run simply takes it. The file
 also names the holder (pid, host, start time) for the refusal message only;
 it is never used to decide anything. Needs a filesystem with working flock
 (local disks, and NFS on Linux, where flock maps to POSIX locks).
+
+Only a run's own folder is locked (alexnet_pipeline/ownership.py): before
+the lock file is created, the folder is checked to be new, empty or a run
+folder of this pipeline, and it gets its run marker before its lock file. A
+.lock in any other folder is never opened, written or deleted.
 """
 
 from __future__ import annotations
@@ -25,8 +30,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alexnet_pipeline.errors import ConfigError, RunLockedError
-
-LOCK_NAME = ".lock"
+from alexnet_pipeline.ownership import (
+    LOCK_NAME,
+    RUN_MARKER,
+    RunIdentity,
+    check_run_folder,
+    claim_run_folder,
+    mark_new_run_folder,
+    release_unused_run_folder,
+)
 
 
 def _holder_text() -> str:
@@ -66,20 +78,26 @@ def _try_flock(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def run_folder_lock(run_dir: str | Path) -> Iterator[Path]:
+def run_folder_lock(run_dir: str | Path, identity: RunIdentity | None = None) -> Iterator[Path]:
     """Hold the run folder's lock for the duration of the block, or raise
     RunLockedError at once if another live process holds it.
 
-    A run folder created here and still empty at the end (the run failed
-    before writing anything) is removed again, so a refused input leaves no
-    trace."""
-    run_dir = Path(run_dir)
+    The folder must be new, empty, or a run folder of this pipeline holding
+    the run `identity` describes (ownership.claim_run_folder; ConfigError
+    otherwise, before anything is created or deleted). It is marked as ours
+    before its lock file is created, so a run killed at any point leaves a
+    folder the next run recognises. A run folder created here and holding
+    nothing but its marker at the end (the run failed before writing
+    anything) is removed again, so a refused input leaves no trace."""
+    run_dir = Path(run_dir).expanduser()
+    state = check_run_folder(run_dir, identity)  # reads only: a refusal leaves everything as it was
     # The folders this call creates (run_dir and missing parents, e.g. runs/).
     created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"out: cannot create the run folder {run_dir} ({exc.strerror}); pass another --out") from None
+    wrote_marker = state in ("new", "empty") and mark_new_run_folder(run_dir, identity)
     path = run_dir / LOCK_NAME
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
@@ -100,8 +118,15 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[Path]:
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, _holder_text().encode(), 0)
+        # A holder that finished between our first look and our lock took its
+        # (then unused) marker away: the folder holds only our lock now.
+        if not (run_dir / RUN_MARKER).exists() and set(os.listdir(run_dir)) <= {LOCK_NAME}:
+            wrote_marker = mark_new_run_folder(run_dir, identity) or wrote_marker
+        wrote_marker = claim_run_folder(run_dir, identity) or wrote_marker
         yield path
     finally:
+        if wrote_marker:
+            release_unused_run_folder(run_dir)
         # Unlink while still holding the lock (see the inode check above).
         with contextlib.suppress(OSError):
             path.unlink()
@@ -114,10 +139,14 @@ def run_folder_lock(run_dir: str | Path) -> Iterator[Path]:
 
 
 def check_not_locked(run_dir: str | Path) -> None:
-    """Raise RunLockedError if a live process holds the run folder's lock.
-    A quick look for the command line, before minutes of start-up; the run
-    itself still takes the lock (another run may start in between)."""
-    path = Path(run_dir) / LOCK_NAME
+    """Raise RunLockedError if a live process holds the run folder's lock,
+    and first ConfigError if the folder is no place for a run
+    (ownership.check_run_folder: a folder that is not ours is refused
+    without looking at its .lock). A quick look for the command line, before
+    minutes of start-up; creates nothing. The run itself checks again, with
+    its config, and takes the lock (another run may start in between)."""
+    check_run_folder(run_dir)
+    path = Path(run_dir).expanduser() / LOCK_NAME
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

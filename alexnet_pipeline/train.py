@@ -31,11 +31,12 @@ from torch import nn
 from alexnet_pipeline import checkpoint as ckpt_io
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
-from alexnet_pipeline.config import RESULT_NEUTRAL_DATA_FIELDS, PipelineConfig, TrainConfig
+from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
 from alexnet_pipeline.errors import CheckpointError, ConfigError, DeviceMemoryError, TrainingDivergedError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, build_alexnet
+from alexnet_pipeline.ownership import RunIdentity, claim_run_folder, what_differs
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 
 log = logging.getLogger(__name__)
@@ -191,16 +192,19 @@ def train_run(
     with _out_of_memory_hint(t, "building the model"):
         trainer = build_trainer(t, cfg.model.weights, arrays.train_images, arrays.train_labels, keep,
                                 len(class_names), device, resident_limit_bytes)
-    # Created only now: a run refused above (bad settings, weights that cannot
-    # be had) leaves no folder behind.
+    fingerprint = cfg.fingerprint()
+    dataset_key = read_meta(dataset_dir)["key"]
+    # Nothing is written, deleted or created before the folder is known to
+    # be ours and to hold this run (marker, resume.pt and every checkpoint
+    # agree), and only now: a run refused above (bad settings, weights that
+    # cannot be had) leaves no folder behind.
+    claim_run_folder(run_dir, RunIdentity(cfg.to_dict(), dataset_key, fingerprint))
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     ckpt_io.remove_partial_files(checkpoint_dir)
     ckpt_io.finish_interrupted_commit(checkpoint_dir)
     model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
 
-    fingerprint = cfg.fingerprint()
-    dataset_key = read_meta(dataset_dir)["key"]
     resume_state = _resume(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler)
     history = [EpochStats(**h) for h in resume_state["history"]]
     start_epoch = resume_state["epoch"] + 1
@@ -214,6 +218,7 @@ def train_run(
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         "config": cfg.to_dict(),
+        "config_fingerprint": fingerprint,
         "seed": t.seed,
         "dataset_key": dataset_key,
         "torch_version": str(torch.__version__),
@@ -295,10 +300,13 @@ def _resume(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, 
     state = ckpt_io.load_resume_state(checkpoint_dir)
     if state is None:
         return fresh
+    # claim_run_folder has refused another run already; resume.pt is not
+    # used unless it says the same.
     if state.get("config_fingerprint") != cfg.fingerprint() or state.get("dataset_key") != dataset_key:
+        there, now = RunIdentity.from_record(state), RunIdentity(cfg.to_dict(), dataset_key, cfg.fingerprint())
         raise ConfigError(
-            f"{checkpoint_dir.parent} holds a run with {_what_differs(state, cfg, dataset_key)}; "
-            "pass another --out, or delete that folder to start over"
+            f"{checkpoint_dir.parent} holds a run with {what_differs(there, now)}, according to "
+            f"{checkpoint_dir.name}/{ckpt_io.RESUME_NAME}; pass another --out, or delete that folder to start over"
         )
     epoch = state["epoch"]
     for e in range(1, epoch + 1):
@@ -312,24 +320,6 @@ def _resume(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, 
     load_optimizer_state(optimizer, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return state
-
-
-def _what_differs(state: dict, cfg: PipelineConfig, dataset_key: str) -> str:
-    """'a different train.epochs (1 there, 2 now)', for the refusal message."""
-    if state.get("dataset_key") != dataset_key:
-        return "different data (the images' content differs)"
-    saved = state.get("config")
-    if not isinstance(saved, dict):
-        return "a different configuration"
-    now = cfg.to_dict()
-    ignored = {f"data.{name}" for name in RESULT_NEUTRAL_DATA_FIELDS}
-    changed = [f"{section}.{key} ({saved[section].get(key)!r} there, {value!r} now)"
-               for section, fields in now.items() if isinstance(fields, dict)
-               for key, value in fields.items()
-               if f"{section}.{key}" not in ignored and saved.get(section, {}).get(key) != value]
-    if not changed:
-        return "other starting weights (the --weights file's content differs)"
-    return "a different " + ", ".join(changed)
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:

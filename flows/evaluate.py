@@ -25,6 +25,7 @@ from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import config_from_dict, runs_root
 from alexnet_pipeline.errors import ConfigError, PipelineError
 from alexnet_pipeline.lock import run_folder_lock
+from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
@@ -73,8 +74,9 @@ def evaluate_latest(
             "(a copy anywhere is fine). To score a checkpoint on other images, use "
             "alexnet_pipeline.evaluate.evaluate_checkpoint."
         )
-    # The report is rewritten: not while a training run is writing this folder.
-    with run_folder_lock(run_path):
+    # The report is rewritten: not while a training run is writing this folder, and only in a run folder
+    # (one from before run markers is taken over if its checkpoints agree).
+    with run_folder_lock(run_path, RunIdentity.from_record(described[-1])):
         with timer.stage("evaluate"):
             evaluations = evaluate_checkpoint_task.map(
                 checkpoints, dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),

@@ -29,6 +29,7 @@ from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_config
 from alexnet_pipeline.errors import PipelineError
 from alexnet_pipeline.lock import check_not_locked, run_folder_lock
+from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.preflight import check_inputs
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.timing import StageTimer
@@ -96,8 +97,8 @@ def full_run(
     # The default run folder follows from the config and the data's content:
     # new images (a nightly retrain on a growing folder) get a new folder.
     run_dir = str(cfg.run_dir(meta["key"]).resolve())
-    # One run per run folder: two would overwrite each other's checkpoints.
-    with run_folder_lock(run_dir):
+    # One run per run folder, and only into a folder that is ours and holds this run.
+    with run_folder_lock(run_dir, RunIdentity.of(cfg, meta["key"])):
         with timer.stage("train"):
             history = call_cached(train.fine_tune, train.still_valid, config=config, dataset_dir=dataset_dir,
                                   run_dir=run_dir, config_fingerprint=cfg.fingerprint())

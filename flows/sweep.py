@@ -22,6 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.config import load_yaml, runs_root
 from alexnet_pipeline.errors import ConfigError, PipelineError
+from alexnet_pipeline.ownership import claim_sweep_folder
 from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
 from flows.full_run import OVERRIDES, config_for
 from tasks.sweep import run_trial, write_sweep_report
@@ -65,6 +66,7 @@ def sweep(
     # Absolute, because the trials write there from other machines: a shared
     # filesystem mounted at the same path everywhere (README.md, "Run on several GPU machines").
     sweep_dir = (Path(out).expanduser() if out else default_sweep_dir(runs_root(), planned)).resolve()
+    claim_sweep_folder(sweep_dir)  # before any trial starts: never into a folder that is not a sweep's
     launched = [{**params, "out": params.get("out") or str(sweep_dir / f"trial-{index:02d}")}
                 for index, params in enumerate(planned, start=1)]
     futures = [

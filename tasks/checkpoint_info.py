@@ -16,4 +16,5 @@ def describe_checkpoint(checkpoint: str) -> dict:
     (without the weights)."""
     ckpt = load_checkpoint(checkpoint)
     return {"epoch": ckpt["epoch"], "config": ckpt["config"], "class_names": ckpt["class_names"],
-            "train_stats": ckpt["train_stats"], "dataset_key": ckpt.get("dataset_key")}
+            "train_stats": ckpt["train_stats"], "dataset_key": ckpt.get("dataset_key"),
+            "config_fingerprint": ckpt.get("config_fingerprint")}

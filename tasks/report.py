@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.files import atomic_path, atomic_write_text
+from alexnet_pipeline.ownership import REPORT_FILES
 from alexnet_pipeline.report import (
     REPORT_IMAGES,
     REPORT_VERSION,
@@ -20,7 +21,6 @@ from alexnet_pipeline.report import (
 )
 from tasks.caching import across_runs
 
-REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
 # Modest: the same PNG bytes are embedded (base64) in the UI's markdown
 # artifact, about 150 KB for CIFAR-10's ten classes.
 FIGURE_DPI = 110

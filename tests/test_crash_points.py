@@ -34,6 +34,7 @@ from alexnet_pipeline import faults
 from alexnet_pipeline.checkpoint import PENDING_RESUME_NAME, RESUME_NAME
 from alexnet_pipeline.files import md5_file
 from alexnet_pipeline.lock import LOCK_NAME
+from alexnet_pipeline.ownership import RUN_MARKER
 from tests.conftest import run_cli
 from tests.fixtures import sha256_of
 
@@ -191,6 +192,7 @@ def assert_killed_state(point: str, p: Pipeline) -> None:
         assert not p.out.exists()
     else:
         assert (p.out / LOCK_NAME).exists(), "the killed run did not hold the run folder's lock"
+        assert (p.out / RUN_MARKER).is_file(), "the killed run's folder does not say it is a run's"
     if point == "download":
         assert not (p.data / "cifar-10-python.tar.gz").exists()
     elif point == "extract":

@@ -309,3 +309,28 @@ def test_evaluate_latest_rewrites_the_report_and_refuses_other_data(first_run, t
         with pytest.raises(ConfigError, match="not what .* was trained on"):
             evaluate_latest(run_dir=str(copy), data_dir=str(other_data))
         assert (copy / "report.md").read_bytes() == before
+
+
+def test_evaluate_latest_takes_over_a_run_folder_from_before_markers_and_refuses_a_foreign_one(first_run, tmp_path):
+    """Only writing needs ownership: a run folder written before run markers
+    (its checkpoints say which run) is evaluated and marked; one that also
+    holds a file of the user's is refused before its report is rewritten."""
+    from alexnet_pipeline.errors import ConfigError
+    from alexnet_pipeline.ownership import RUN_MARKER, read_run_marker
+    from flows.evaluate import evaluate_latest
+
+    old = tmp_path / "old-run"
+    shutil.copytree(first_run.out, old, copy_function=os.link)  # hard links: no 0.9 GB copy
+    (old / RUN_MARKER).unlink()
+    (old / "report.md").unlink()
+    with storage_settings(tmp_path / "storage"):
+        assert evaluate_latest(run_dir=str(old))["epochs"] == 2
+        assert (old / "report.md").is_file()
+        assert read_run_marker(old).config["train"]["seed"] == PARAMS["seed"]
+
+        (old / RUN_MARKER).unlink()
+        (old / "notes.txt").write_text("mine")
+        before = (old / "report.md").stat().st_mtime_ns
+        with pytest.raises(ConfigError, match="notes.txt"):
+            evaluate_latest(run_dir=str(old))
+    assert (old / "report.md").stat().st_mtime_ns == before and not (old / RUN_MARKER).exists()

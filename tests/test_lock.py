@@ -18,6 +18,7 @@ import pytest
 
 from alexnet_pipeline.errors import RunLockedError
 from alexnet_pipeline.lock import LOCK_NAME, check_not_locked, run_folder_lock
+from alexnet_pipeline.ownership import RUN_MARKER
 from tests.conftest import REPO, run_cli
 
 HOLDER = """
@@ -94,7 +95,8 @@ def test_lock_is_released_and_leaves_no_trace(tmp_path):
 
     with run_folder_lock(run_dir):
         (run_dir / "accuracy.csv").write_text("epoch\n")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["accuracy.csv"]
+    # The run's marker stays with what the run wrote; the lock file goes.
+    assert sorted(p.name for p in run_dir.iterdir()) == [RUN_MARKER, "accuracy.csv"]
     # Released: the next run takes it at once, also within the same process.
     with run_folder_lock(run_dir):
         pass
@@ -133,7 +135,7 @@ def test_flow_takes_the_lock_itself(tmp_path, holder, image_folder, prefect_stor
     with pytest.raises(RunLockedError):
         full_run(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=6,
                  image_size=64, device="cpu", out=str(run_dir))
-    assert sorted(p.name for p in run_dir.iterdir()) == [LOCK_NAME]
+    assert sorted(p.name for p in run_dir.iterdir()) == [RUN_MARKER, LOCK_NAME]
 
 
 def test_out_that_is_a_file_is_refused_as_configuration(tmp_path):

@@ -18,6 +18,7 @@ from alexnet_pipeline.checkpoint import save_epoch_checkpoint
 from alexnet_pipeline.config import DataConfig
 from alexnet_pipeline.files import atomic_write_text
 from alexnet_pipeline.lock import LOCK_NAME, run_folder_lock
+from alexnet_pipeline.ownership import RUN_MARKER
 from tests.conftest import REPO
 
 SOURCE_DIRS = ("alexnet_pipeline", "tasks", "flows", "benchmarks", "deployments", "tests")
@@ -119,14 +120,15 @@ def test_written_files_follow_the_umask(umask_027, tmp_path, image_folder):
     from alexnet_pipeline.model import new_alexnet
 
     checkpoint = tmp_path / "run" / "checkpoints" / "alexnet-01.pt"
-    save_epoch_checkpoint(checkpoint, new_alexnet(3).state_dict(), {"epoch": 1})
-    atomic_write_text(tmp_path / "run" / "accuracy.csv", "epoch\n")
-    dataset_dir = preprocess(DataConfig(dataset="imagefolder", data_dir=str(image_folder)), 64, progress=False)
     with run_folder_lock(tmp_path / "run"):
         lock_mode = mode(tmp_path / "run" / LOCK_NAME)
+        save_epoch_checkpoint(checkpoint, new_alexnet(3).state_dict(), {"epoch": 1})
+        atomic_write_text(tmp_path / "run" / "accuracy.csv", "epoch\n")
+    dataset_dir = preprocess(DataConfig(dataset="imagefolder", data_dir=str(image_folder)), 64, progress=False)
 
     # Not 0600 (mkstemp's default) and not 0644 (ignoring the umask).
     assert mode(checkpoint) == mode(tmp_path / "run" / "accuracy.csv") == lock_mode == 0o640
+    assert mode(tmp_path / "run" / RUN_MARKER) == 0o640
     assert mode(checkpoint.parent) == 0o750
     assert mode(dataset_dir) == 0o750
     assert {mode(p) for p in dataset_dir.iterdir()} == {0o640}

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from alexnet_pipeline.device_data import DeviceDataset
 from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import CheckpointError, ConfigError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
+from alexnet_pipeline.ownership import RUN_MARKER
 from alexnet_pipeline.train import lr_factor, train_run
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 from tests.fixtures import CLASS_NAMES, sha256_of
@@ -184,6 +188,94 @@ def test_other_weights_in_the_same_file_are_another_run(dataset_dir, tmp_path):
     assert cfg.fingerprint() != first_fingerprint and cfg.run_dir("datakey") != first_default_folder
     with pytest.raises(ConfigError, match="other starting weights"):
         train_run(cfg, dataset_dir, run_dir, progress=False)
+
+
+def linked_copy(src: Path, dst: Path) -> Path:
+    """A copy of a run folder that costs no disk: hard links. Damage is done
+    by replacing a file (cut, forge), never by changing it in place."""
+    shutil.copytree(src, dst, copy_function=os.link)
+    return dst
+
+
+def stamps(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file's inode, size and mtime: a file written again (always
+    through a new inode) or a file added or removed shows."""
+    return {str(p.relative_to(folder)): (p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def cut(path: Path) -> None:
+    data = path.read_bytes()
+    path.unlink()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def forge_marker(run_dir: Path, cfg, dataset_dir: Path) -> None:
+    """A marker that claims the folder holds `cfg`'s run."""
+    (run_dir / RUN_MARKER).unlink(missing_ok=True)
+    (run_dir / RUN_MARKER).write_text(json.dumps({
+        "format": "alexnet-pipeline-run/1", "config": cfg.to_dict(), "config_fingerprint": cfg.fingerprint(),
+        "dataset_key": read_meta(dataset_dir)["key"]}))
+
+
+# What is lost or damaged in a finished run's folder before another config
+# (train.lr 0.5) is pointed at it, and what the refusal then says.
+LOSSES = {
+    "resume.pt deleted": (["rm checkpoints/resume.pt"], "a different train.lr"),
+    "resume.pt truncated": (["cut checkpoints/resume.pt"], "a different train.lr"),
+    "marker deleted": (["rm " + RUN_MARKER], "a different train.lr"),
+    "marker truncated": (["cut " + RUN_MARKER], "a different train.lr"),
+    "marker and resume.pt deleted": (["rm " + RUN_MARKER, "rm checkpoints/resume.pt"], "a different train.lr"),
+    "one checkpoint left": (["rm " + RUN_MARKER, "rm checkpoints/resume.pt", "rm checkpoints/alexnet-02.pt"],
+                            "according to checkpoints/alexnet-01.pt"),
+    "marker forged for the new config, resume.pt deleted": (["forge " + RUN_MARKER, "rm checkpoints/resume.pt"],
+                                                             "according to checkpoints/alexnet-01.pt"),
+    "nothing readable left": (["rm " + RUN_MARKER, "rm checkpoints/resume.pt", "rm checkpoints/alexnet-02.pt",
+                               "cut checkpoints/alexnet-01.pt"], "none of its checkpoints can be read"),
+}
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_another_config_is_refused_whatever_record_was_lost(trained, dataset_dir, tmp_path, loss):
+    """The issue's case: with resume.pt truncated or deleted, another lr into
+    the same --out overwrote alexnet-01.pt and alexnet-02.pt. Every record
+    (marker, resume.pt, each checkpoint's own config) is asked, so no one
+    lost file lets another run in; nothing in the folder changes."""
+    from alexnet_pipeline.lock import run_folder_lock
+    from alexnet_pipeline.ownership import RunIdentity
+
+    _, ref_dir, _ = trained
+    run_dir = linked_copy(ref_dir, tmp_path / "run")
+    other = make_config(dataset_dir, **{"train.lr": 0.5})
+    steps, phrase = LOSSES[loss]
+    for step in steps:
+        action, name = step.split(" ", 1)
+        {"rm": Path.unlink, "cut": cut, "forge": lambda p: forge_marker(p.parent, other, dataset_dir)}[action](run_dir / name)
+    before = stamps(run_dir)
+
+    with pytest.raises(ConfigError, match=re.escape(phrase)) as refused:
+        train_run(other, dataset_dir, run_dir, progress=False)
+    assert refused.value.exit_code == 2 and str(run_dir) in str(refused.value)
+    with pytest.raises(ConfigError, match=re.escape(phrase)), \
+            run_folder_lock(run_dir, RunIdentity.of(other, read_meta(dataset_dir)["key"])):
+        pytest.fail("the flow's lock let another config in")
+    assert stamps(run_dir) == before
+
+
+def test_same_config_takes_over_a_run_folder_from_before_markers(trained, dataset_dir, tmp_path):
+    """A run folder written before run markers existed: its checkpoints say
+    it holds this run, so the run takes it over (nothing retrained) and
+    marks it."""
+    from alexnet_pipeline.ownership import read_run_marker
+
+    cfg, ref_dir, history = trained
+    run_dir = linked_copy(ref_dir, tmp_path / "run")
+    (run_dir / RUN_MARKER).unlink()
+    checkpoints = {k: v for k, v in stamps(run_dir).items() if k.startswith("checkpoints")}
+    again = train_run(cfg, dataset_dir, run_dir, progress=False)
+    assert numbers(again) == numbers(history)
+    assert {k: v for k, v in stamps(run_dir).items() if k.startswith("checkpoints")} == checkpoints
+    assert read_run_marker(run_dir).fingerprint == cfg.fingerprint()
 
 
 # Under the Prefect harness, library log lines outside a flow run make Prefect warn.
