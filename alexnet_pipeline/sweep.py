@@ -19,8 +19,11 @@ import pandas as pd
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.report import best_row
 
-RESULT_COLUMNS = ["best_epoch", "best_test_acc", "final_test_acc", "epochs_done", "wall_seconds", "started_at",
-                  "ended_at", "run_dir", "flow_run_name", "flow_run_id", "error"]
+# train_seconds comes from the run folder (its epochs' recorded times), so it
+# stays the real training time when a re-run of the sweep is a cache hit;
+# wall_seconds is that flow run's own duration.
+RESULT_COLUMNS = ["best_epoch", "best_test_acc", "final_test_acc", "epochs_done", "train_seconds", "wall_seconds",
+                  "started_at", "ended_at", "run_dir", "flow_run_name", "flow_run_id", "error"]
 
 
 def expand_trials(trials: list[dict] | None = None, grid: dict[str, list] | None = None,
@@ -76,7 +79,8 @@ def accuracy_curve(run_dir: str | Path) -> pd.DataFrame:
 def run_summary(curve: pd.DataFrame) -> dict[str, Any]:
     best = best_row(curve)
     return {"best_epoch": int(best["epoch"]), "best_test_acc": float(best["test_acc"]),
-            "final_test_acc": float(curve["test_acc"].iloc[-1]), "epochs_done": len(curve)}
+            "final_test_acc": float(curve["test_acc"].iloc[-1]), "epochs_done": len(curve),
+            "train_seconds": round(float(curve["epoch_seconds"].sum()), 1)}
 
 
 def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:

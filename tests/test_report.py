@@ -276,3 +276,16 @@ def test_report_artifact_carries_its_images_inline(prefect_storage, tmp_path):
     assert markdown.replace(links[0], "accuracy.png").replace(links[1], "confusion.png") == on_disk
     # Kept modest: the artifact is stored in Prefect's database and loaded by the UI.
     assert len(markdown.encode()) < 500_000
+
+
+def test_sweep_row_keeps_the_trials_real_training_time():
+    """A re-run of a finished sweep is a cache hit of a few seconds per trial:
+    the row's training time comes from the run folder's recorded epochs."""
+    import pandas as pd
+
+    from alexnet_pipeline.sweep import RESULT_COLUMNS, run_summary
+
+    curve = pd.DataFrame({"epoch": [1, 2], "test_acc": [0.3, 0.5], "epoch_seconds": [41.25, 40.5]})
+    summary = run_summary(curve)
+    assert summary["train_seconds"] == 81.8 and summary["best_epoch"] == 2
+    assert "train_seconds" in RESULT_COLUMNS
