@@ -53,7 +53,7 @@ LOCK_NAME = ".lock"
 CHECKPOINT_DIR = "checkpoints"
 # What a run writes at the top of its folder (tasks/report.py) and what a sweep writes into its own.
 REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
-SWEEP_FILES = ("sweep.csv", "sweep.png")
+SWEEP_FILES = ("sweep.csv", "sweep.png", "sweep_seeds.csv")
 _CHECKPOINT_FILE = re.compile(r"alexnet-\d+\.pt|resume\.pt")
 # Everything training writes into checkpoints/: also each checkpoint's
 # recorded hash and the resume state of an epoch being committed.

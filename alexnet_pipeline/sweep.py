@@ -134,3 +134,59 @@ def sweep_figure(curves: dict[str, pd.DataFrame], num_classes: int | None = None
             ax.legend(loc="best")
         fig.tight_layout()
     return fig
+
+
+# --- seeds: one training run is one sample ----------------------------------------
+
+
+def seed_groups(rows: list[dict], label_keys: list[str]) -> dict[str, list[dict]]:
+    """Completed trials grouped by every varying parameter except the seed
+    (label -> rows), when at least one group holds two or more seeds; else {}."""
+    keys = [k for k in label_keys if k != "seed"]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        if row["state"] == "Completed":
+            groups.setdefault(trial_label(row["params"], keys) if keys else "all trials", []).append(row)
+    return groups if any(len(members) > 1 for members in groups.values()) else {}
+
+
+def seed_summary(groups: dict[str, list[dict]]) -> pd.DataFrame:
+    """Per group: the seeds, and mean, standard deviation (over seeds, n-1)
+    and min-max of the best and the final test accuracy."""
+    records = []
+    for label, members in groups.items():
+        record = {"group": label, "seeds": " ".join(str(m["params"].get("seed", "")) for m in members),
+                  "n": len(members)}
+        for which in ("best_test_acc", "final_test_acc"):
+            values = pd.Series([m[which] for m in members], dtype=float)
+            record.update({f"{which}_mean": values.mean(), f"{which}_sd": values.std(ddof=1),
+                           f"{which}_min": values.min(), f"{which}_max": values.max()})
+        records.append(record)
+    return pd.DataFrame(records)
+
+
+def seed_band_figure(group_curves: dict[str, list[pd.DataFrame]], num_classes: int | None = None):
+    """Test accuracy per epoch: per group, the mean over its seeds as a line
+    and the min-max over seeds as a band (epochs that every seed reached)."""
+    import matplotlib.pyplot as plt
+
+    from alexnet_pipeline.report import figure_style, style_accuracy_axis, style_epoch_axis
+
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(8, 4.8))
+        epochs_drawn = []
+        for i, (label, curves) in enumerate(group_curves.items()):
+            table = pd.concat([c.set_index("epoch")["test_acc"] for c in curves], axis=1, join="inner") * 100
+            line, = ax.plot(table.index, table.mean(axis=1), marker=TRIAL_MARKERS[i % len(TRIAL_MARKERS)],
+                            linestyle=TRIAL_LINESTYLES[i % len(TRIAL_LINESTYLES)],
+                            label=f"{label}: mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+            if len(curves) > 1:
+                ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2,
+                                label=f"{label}: min-max over seeds")
+            epochs_drawn += list(table.index)
+        style_accuracy_axis(ax, num_classes)
+        style_epoch_axis(ax, epochs_drawn)
+        ax.set(ylabel="test accuracy (top-1)", title="Sweep: test accuracy per epoch, mean over seeds with min-max band")
+        ax.legend(loc="best")
+        fig.tight_layout()
+    return fig

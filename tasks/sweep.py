@@ -8,7 +8,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
 from alexnet_pipeline.files import atomic_path, atomic_write_text
-from alexnet_pipeline.sweep import accuracy_curve, run_summary, sweep_figure, sweep_table, trial_label
+from alexnet_pipeline.sweep import (
+    accuracy_curve,
+    run_summary,
+    seed_band_figure,
+    seed_groups,
+    seed_summary,
+    sweep_figure,
+    sweep_table,
+    trial_label,
+)
 
 
 # Never cached: a trial is a request to the work pool, and its outcome lives in
@@ -59,7 +68,18 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     curves = {f"{row['trial']}: {trial_label(row['params'], label_keys)}": accuracy_curve(row["run_dir"])
               for row in rows if row["state"] == "Completed"}
     atomic_write_text(out / "sweep.csv", table.to_csv(index=False))
-    fig = sweep_figure(curves)
+    paths = {"sweep.csv": str(out / "sweep.csv"), "sweep.png": str(out / "sweep.png")}
+    # Trials that differ only by seed: their spread is what tells whether a
+    # difference between settings means anything.
+    groups = seed_groups(rows, label_keys)
+    if groups:
+        seeds = seed_summary(groups)
+        atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False))
+        paths["sweep_seeds.csv"] = str(out / "sweep_seeds.csv")
+        fig = seed_band_figure({label: [accuracy_curve(m["run_dir"]) for m in members]
+                                for label, members in groups.items()})
+    else:
+        fig = sweep_figure(curves)
     with atomic_path(out / "sweep.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     import matplotlib.pyplot as plt
@@ -67,4 +87,5 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     plt.close(fig)
     create_table_artifact(table.fillna("").to_dict(orient="records"), key="sweep-results",
                           description=f"{sweep_dir}: one row per trial")
-    return {"sweep.csv": str(out / "sweep.csv"), "sweep.png": str(out / "sweep.png")}
+    get_run_logger().info("sweep results: %s", ", ".join(paths.values()))
+    return paths

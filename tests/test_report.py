@@ -289,3 +289,38 @@ def test_sweep_row_keeps_the_trials_real_training_time():
     summary = run_summary(curve)
     assert summary["train_seconds"] == 81.8 and summary["best_epoch"] == 2
     assert "train_seconds" in RESULT_COLUMNS
+
+
+def test_trials_that_differ_only_by_seed_are_summarised_over_seeds():
+    """lr=1e-3 with seeds 0, 1, 2 and lr=1e-2 with seed 0: the first group's
+    mean, spread (n-1) and range over seeds; the figure draws the mean and a
+    min-max band, on the same 0-100% axis."""
+    import pandas as pd
+
+    from alexnet_pipeline.sweep import seed_band_figure, seed_groups, seed_summary
+
+    def row(lr, seed, best, final):
+        return {"state": "Completed", "params": {"lr": lr, "seed": seed}, "best_test_acc": best,
+                "final_test_acc": final}
+
+    rows = [row(1e-3, 0, 0.50, 0.48), row(1e-3, 1, 0.54, 0.52), row(1e-3, 2, 0.52, 0.50), row(1e-2, 0, 0.30, 0.30),
+            {"state": "Failed", "params": {"lr": 1e-3, "seed": 3}}]
+    groups = seed_groups(rows, ["lr", "seed"])
+    assert {k: len(v) for k, v in groups.items()} == {"lr=0.001": 3, "lr=0.01": 1}
+    summary = seed_summary(groups).set_index("group")
+    first = summary.loc["lr=0.001"]
+    assert first["seeds"] == "0 1 2" and first["n"] == 3
+    assert first["best_test_acc_mean"] == pytest.approx(0.52)
+    assert first["best_test_acc_sd"] == pytest.approx(0.02)
+    assert (first["best_test_acc_min"], first["best_test_acc_max"]) == (0.50, 0.54)
+    assert first["final_test_acc_mean"] == pytest.approx(0.50)
+    assert seed_groups([row(1e-3, 0, 0.5, 0.5), row(1e-2, 0, 0.3, 0.3)], ["lr", "seed"]) == {}  # nothing to group
+
+    curves = {"lr=0.001": [pd.DataFrame({"epoch": [1, 2], "test_acc": [0.4 + d, 0.5 + d]}) for d in (0, 0.02, 0.04)]}
+    fig = seed_band_figure(curves, num_classes=10)
+    ax = fig.axes[0]
+    mean_line = ax.get_lines()[0]
+    assert list(mean_line.get_ydata()) == pytest.approx([42.0, 52.0])
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(40.0) and band.max() == pytest.approx(54.0)
+    assert ax.get_ylim() == (0, 100)
