@@ -166,6 +166,7 @@ def states_in_database(prefect_home: Path, flow_run_id: str) -> tuple[str, list[
 # --- signals ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_stops_in_seconds_and_the_run_resumes(runs, cifar_data_dir, tmp_path):
     """What systemd, `docker stop` or a Kubernetes eviction sends: SIGTERM to
     every process of the group. The temporary server, in a session of its
@@ -195,6 +196,7 @@ def test_sigterm_to_the_process_group_stops_in_seconds_and_the_run_resumes(runs,
     assert wait_until_gone(again.server_pid()), "the temporary server outlived a run killed with SIGKILL"
 
 
+@pytest.mark.slow
 def test_sigint_to_the_run_alone_marks_the_flow_run_crashed(runs, cifar_data_dir, cli_prefect_home, tmp_path):
     """`kill -INT PID` (not the group), against a server that is not the
     run's own (the test harness's, as PREFECT_API_URL would name one)."""
@@ -318,6 +320,7 @@ def test_a_stopping_process_leaves_no_temporary_file_and_renames_none(tmp_path):
 # --- a Prefect server that goes away -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_temporary_server_killed_ends_the_run_in_seconds(runs, cifar_data_dir, tmp_path):
     """The temporary server dies (OOM killer, `kill -9`): it cannot come back,
     so the run stops at the next check, 2 s later, exit 4."""
@@ -332,6 +335,7 @@ def test_the_temporary_server_killed_ends_the_run_in_seconds(runs, cifar_data_di
                      r"the run folder is intact: run the same command again to resume", run.stderr())
 
 
+@pytest.mark.slow
 def test_a_lost_prefect_server_ends_the_run_after_the_grace_period(runs, cifar_data_dir, tmp_path):
     """A server named by PREFECT_API_URL stops answering: the run waits
     ALEXNET_PIPELINE_SERVER_GRACE_S (20 s by default, 3 s here) for it to come
@@ -352,19 +356,23 @@ def test_a_lost_prefect_server_ends_the_run_after_the_grace_period(runs, cifar_d
             "run the same command again to resume") in run.stderr()
 
 
-def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(cifar_data_dir, tmp_path, capsys):
+@pytest.mark.parametrize("command", ["full_run", "evaluate", "sweep"])
+def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(command, cifar_data_dir, tmp_path, capsys):
+    import importlib
+
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.full_run import main
     from flows.prefect_server import _free_port
 
+    argv = {"full_run": [*ARGS, "--epochs", "1", "--data-dir", str(cifar_data_dir), "--out", str(tmp_path / "run")],
+            "evaluate": [], "sweep": ["--set", "preset=smoke", "--grid", "seed=0,1"]}[command]
     url = f"http://127.0.0.1:{_free_port()}/api"
     with temporary_settings({PREFECT_API_URL: url}):
-        code = main([*ARGS, "--epochs", "1", "--data-dir", str(cifar_data_dir), "--out", str(tmp_path / "run")])
+        code = importlib.import_module(f"flows.{command}").main(argv)
     err = capsys.readouterr().err
     assert code == 4, err
     assert f"error: cannot reach the Prefect server at {url} (PREFECT_API_URL): connection refused" in err
-    assert not (tmp_path / "run").exists()
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
 
 
 # --- result storage that cannot be written ------------------------------------------------
@@ -412,6 +420,7 @@ def test_full_result_storage_is_an_error_before_the_run(cifar_data_dir, tmp_path
     assert "PREFECT_LOCAL_STORAGE_PATH" in err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_result_storage_filling_up_during_the_run_is_a_warning(cifar_data_dir, cli_prefect_home, tmp_path,
                                                                tiny_filesystem):
     """Room for the check before the run and one result, not for the rest:
