@@ -154,10 +154,12 @@ def _signal_arrived(signum: int) -> None:
     code, name = 128 + signum, signal.Signals(signum).name
     if not _State.stopping.acquire(blocking=False):
         os._exit(code)  # a second signal while stopping: now
-    # Not a daemon: should the run end normally meanwhile, the interpreter waits for it.
-    threading.Thread(target=_stop, name="stopping", args=(
-        code, f"interrupted: {_State.hint} (stopped by {name}; the run folder is intact)", f"Interrupted by {name}",
-    )).start()
+    args = (code, f"interrupted: {_State.hint} (stopped by {name}; the run folder is intact)", f"Interrupted by {name}")
+    try:
+        # Not a daemon: should the run end normally meanwhile, the interpreter waits for it.
+        threading.Thread(target=_stop, name="stopping", args=args).start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        _stop(*args)
 
 
 def stop_now(code: int, line: str, mark_crashed: str | None = None) -> None:
@@ -170,20 +172,32 @@ def stop_now(code: int, line: str, mark_crashed: str | None = None) -> None:
 def _stop(code: int, line: str, mark_crashed: str | None) -> None:
     deadline = threading.Timer(STOP_DEADLINE_S, os._exit, (code,))
     deadline.daemon = True
-    deadline.start()
-    with contextlib.suppress(Exception):
-        sys.stderr.flush()
-    os.write(2, f"\n{line}\n".encode())
+    with contextlib.suppress(RuntimeError):  # at interpreter shutdown: no deadline, the steps are bounded
+        deadline.start()
+    _say_last(line)
     from alexnet_pipeline.files import abandon_unfinished_files
 
     abandon_unfinished_files()
     if mark_crashed:
         _mark_crashed(mark_crashed)
     _stop_server()
+    os._exit(code)
+
+
+def _say_last(line: str) -> None:
+    """Write `line` as the process's last words: what the other threads print
+    while it stops (the progress bar goes on until the exit) goes to /dev/null."""
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code)
+    try:
+        stderr = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    except OSError:
+        stderr = 2
+    os.write(stderr, f"\n{line}\n".encode())
 
 
 def _mark_crashed(message: str) -> None:
