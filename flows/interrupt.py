@@ -203,7 +203,8 @@ def _say_last(line: str) -> None:
 def _mark_crashed(message: str) -> None:
     """Tell the server, so that its UI does not show the run as Running
     forever. One try per request, 3 s each: the server may be the problem."""
-    if _State.api_url is None:  # no flow running, or its server is not ours to talk to any more
+    flow_run_id = _State.flow_run_id  # set by keep_signals_in_flow()
+    if _State.api_url is None or flow_run_id is None:  # no flow running
         return
     try:
         from prefect.client.orchestration import get_client
@@ -215,16 +216,9 @@ def _mark_crashed(message: str) -> None:
             TaskRunFilterStateType,
         )
         from prefect.client.schemas.objects import StateType
-        from prefect.context import FlowRunContext
         from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
         from prefect.states import Crashed
 
-        flow_run_id = _State.flow_run_id
-        if flow_run_id is None:
-            context = FlowRunContext.get()
-            flow_run_id = context.flow_run.id if context and context.flow_run else None
-        if flow_run_id is None:
-            return
         with (temporary_settings({PREFECT_API_URL: _State.api_url, PREFECT_CLIENT_MAX_RETRIES: 0}),
               get_client(sync_client=True, httpx_settings={"timeout": MARK_CRASHED_TIMEOUT_S}) as client):
             running = client.read_task_runs(

@@ -105,8 +105,8 @@ def prefect_server() -> Iterator[str]:
     try:
         yield url
     except Exception as exc:
-        if _is_connection_error(exc) and probe(url):
-            watch.lost(f"lost the Prefect server at {url} ({probe(url)})")
+        if _is_connection_error(exc):  # the flow failed on its server before the watcher's verdict
+            watch.check(grace=0)
         raise
     finally:
         watch.stop()
@@ -123,23 +123,26 @@ class ServerWatch(threading.Thread):
         super().__init__(name="prefect-server-watch", daemon=True)
         self.url, self.process, self.grace = url, process, grace
         self._stopped = threading.Event()
+        self._failing_since: float | None = None
 
     def run(self) -> None:
-        failing_since = None
         while not self._stopped.wait(PROBE_EVERY_S):
-            # poll() before lost() looks at _stopped: the run stops its server only after stop().
-            if self.process is not None and self.process.poll() is not None:
-                self.lost(f"the temporary Prefect server this run started at {self.url} has exited "
-                          f"(status {self.process.returncode})")
-                return
-            problem = probe(self.url)
-            if problem is None:
-                failing_since = None
-                continue
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() - failing_since >= self.grace:
-                self.lost(f"lost the Prefect server at {self.url} ({problem}, for {self.grace:.0f} s)")
-                return
+            self.check(self.grace)
+
+    def check(self, grace: float) -> None:
+        """End the run if the server is gone: a temporary server that exited
+        at once, any server after `grace` seconds without an answer."""
+        # poll() before lost() looks at _stopped: the run stops its server only after stop().
+        if self.process is not None and self.process.poll() is not None:
+            self.lost(f"the temporary Prefect server this run started at {self.url} has exited "
+                      f"(status {self.process.returncode})")
+        problem = probe(self.url)
+        if problem is None:
+            self._failing_since = None
+            return
+        self._failing_since = self._failing_since or time.monotonic()
+        if time.monotonic() - self._failing_since >= grace:
+            self.lost(f"lost the Prefect server at {self.url} ({problem}" + (f", for {grace:.0f} s)" if grace else ")"))
 
     def lost(self, what: str) -> None:
         if self._stopped.is_set():  # the run has ended meanwhile
