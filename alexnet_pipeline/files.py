@@ -149,25 +149,71 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it over `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    with _unfinished_lock:
+        if not _abandoned:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+            os.close(fd)
+            tmp_path = Path(tmp)
+            _unfinished.add(tmp_path)
+    if _abandoned:
+        _wait_for_exit()
     try:
         yield tmp_path
         os.chmod(tmp_path, _default_mode())
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        with _unfinished_lock:
+            if not _abandoned:
+                os.replace(tmp_path, path)
+                _unfinished.discard(tmp_path)
+        if _abandoned:
+            _wait_for_exit()
         _fsync_dir(path.parent)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
+        with _unfinished_lock:
+            _unfinished.discard(tmp_path)
         raise
 
 
 def replace_durably(source: str | Path, target: str | Path) -> None:
-    """Rename `source` over `target` and make the rename itself durable."""
-    os.replace(source, target)
+    """Rename `source` over `target` and make the rename itself durable.
+    Like atomic_path's rename, never once the process is stopping (see
+    abandon_unfinished_files): the file then stays under its source name."""
+    with _unfinished_lock:
+        if not _abandoned:
+            os.replace(source, target)
+    if _abandoned:
+        _wait_for_exit()
     _fsync_dir(Path(target).parent)
+
+
+def abandon_unfinished_files() -> list[Path]:
+    """For a process about to exit on a signal (os._exit, no clean-up of its
+    own): delete the temporary files that atomic_path has not yet renamed,
+    and make every thread still writing one wait, forever, instead of
+    renaming it or starting another. Returns the files deleted."""
+    global _abandoned
+    with _unfinished_lock:
+        _abandoned = True
+        removed = sorted(_unfinished)
+        for tmp_path in removed:
+            tmp_path.unlink(missing_ok=True)
+        _unfinished.clear()
+    return removed
+
+
+def _wait_for_exit() -> None:
+    threading.Event().wait()
+
+
+# Temporary files of atomic_path not yet renamed; the lock also makes a
+# rename and abandon_unfinished_files() exclusive of each other. Reentrant:
+# a signal handler may call abandon_unfinished_files() on the main thread
+# while that thread, interrupted, holds the lock.
+_unfinished: set[Path] = set()
+_unfinished_lock = threading.RLock()
+_abandoned = False
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

@@ -12,7 +12,12 @@ are evaluated again.
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # a signal during the imports below (seconds) ends the run cleanly too
+    from flows.interrupt import install
+
+    install("run the same command again")
+
+import argparse  # noqa: E402
 import copy
 import sys
 from pathlib import Path
@@ -29,7 +34,8 @@ from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
-from flows.interrupt import exit_on_interrupt
+from flows.interrupt import exit_on_signals, keep_signals_in_flow
+from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
 from tasks import preprocess, report
 from tasks.caching import call_cached
 from tasks.checkpoint_info import describe_checkpoint
@@ -56,6 +62,7 @@ def evaluate_latest(
     """Evaluate the checkpoints of `run_dir` (default: the newest run under the
     runs root) and rewrite its report; returns the best and final accuracy and
     the report's file paths."""
+    keep_signals_in_flow()
     run_path = (Path(run_dir).expanduser() if run_dir else latest_run_dir(runs_root())).resolve()
     checkpoints = [str(p) for p in run_checkpoints(run_path)]
     timer = StageTimer()
@@ -110,14 +117,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
-    exit_on_interrupt("run the same command again")
-    try:
-        if args["run_dir"]:  # a wrong folder is reported before Prefect starts
-            run_checkpoints(args["run_dir"])
-        result = evaluate_latest(**args)
-    except PipelineError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return exc.exit_code
+    with exit_on_signals("run the same command again"):
+        try:
+            if args["run_dir"]:  # a wrong folder is reported before Prefect starts
+                run_checkpoints(args["run_dir"])
+            check_result_storage()
+            with prefect_server():
+                result = evaluate_latest(**args)
+        except PipelineError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return exc.exit_code
+    warn_unsaved_results()
     print(f"\n{result['epochs']} checkpoints: best test accuracy {result['best_test_acc'] * 100:.2f}% "
           f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\nreport: {result['report.md']}")
     return 0

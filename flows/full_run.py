@@ -16,6 +16,11 @@ import time
 # and Prefect's temporary server start from here.
 _PROCESS_STARTED = time.time()
 
+if __name__ == "__main__":  # a signal during the imports below (seconds) ends the run cleanly too
+    from flows.interrupt import install
+
+    install()
+
 import argparse  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path
@@ -33,7 +38,8 @@ from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.preflight import check_inputs
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.timing import StageTimer
-from flows.interrupt import exit_on_interrupt
+from flows.interrupt import exit_on_signals, keep_signals_in_flow
+from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
 from tasks import preprocess, report, train
 from tasks.caching import call_cached
 from tasks.evaluate import evaluate_checkpoint_task
@@ -84,6 +90,7 @@ def full_run(
 ) -> dict:
     """Fine-tune AlexNet and report test accuracy per epoch; returns the run
     folder, the best and final accuracy and the report's file paths."""
+    keep_signals_in_flow()
     params = {k: v for k, v in locals().items() if k in OVERRIDES}
     cfg = config_for(preset, config_file, **params)
     config = cfg.to_dict()
@@ -144,19 +151,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
-    exit_on_interrupt()
     preset, config_file = args.pop("preset"), args.pop("config_file")
     params = {k: v for k, v in args.items() if v is not None}
-    try:
-        # Everything that can be checked cheaply is checked before Prefect starts.
-        cfg = config_for(preset, config_file, **params)
-        check_inputs(cfg)
-        if cfg.out:  # a default run folder is known only once the data are hashed
-            check_not_locked(cfg.run_dir())
-        result = full_run(preset=preset, config_file=config_file, **params)
-    except PipelineError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return exc.exit_code
+    with exit_on_signals():
+        try:
+            # Everything that can be checked cheaply is checked before Prefect starts.
+            cfg = config_for(preset, config_file, **params)
+            check_inputs(cfg)
+            if cfg.out:  # a default run folder is known only once the data are hashed
+                check_not_locked(cfg.run_dir())
+            check_result_storage()
+            with prefect_server():
+                result = full_run(preset=preset, config_file=config_file, **params)
+        except PipelineError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return exc.exit_code
+    warn_unsaved_results()
     print(
         f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
         f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"

@@ -11,7 +11,12 @@ least one worker (README.md, "Run on several GPU machines"); PREFECT_API_URL nam
 
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # a signal during the imports below (seconds) ends the run cleanly too
+    from flows.interrupt import install
+
+    install()
+
+import argparse  # noqa: E402
 import sys
 from pathlib import Path
 
@@ -25,6 +30,8 @@ from alexnet_pipeline.errors import ConfigError, PipelineError
 from alexnet_pipeline.ownership import claim_sweep_folder
 from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
 from flows.full_run import OVERRIDES, config_for
+from flows.interrupt import exit_on_signals, keep_signals_in_flow
+from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
 from tasks.sweep import run_trial, write_sweep_report
 
 TRIAL_DEPLOYMENT = "full-run/on-demand"
@@ -60,6 +67,7 @@ def sweep(
     """Run every trial (explicit `trials`, then the combinations of `grid`,
     each on top of `base`) as a run of `deployment`, concurrently; compare them.
     Returns the sweep folder, the paths of sweep.csv and sweep.png, and the rows."""
+    keep_signals_in_flow()
     planned = expand_trials(trials, grid, base)
     for index, params in enumerate(planned, start=1):
         check_trial(index, params)
@@ -132,15 +140,22 @@ def main(argv: list[str] | None = None) -> int:
         print("error: a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
               "(see README.md, \"Run on several GPU machines\")", file=sys.stderr)
         return 2
-    try:
-        result = sweep(trials=spec.get("trials"), grid=grid or None, base=base or None, out=args.out or spec.get("out"),
-                       deployment=args.deployment, trial_timeout_s=args.trial_timeout)
-    except PipelineError as exc:
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except RuntimeError as exc:  # every trial failed; the report says why
-        print(f"\nerror: {exc}", file=sys.stderr)
-        return 1
+    # The trials run on workers: a stopped sweep leaves those already started running there.
+    with exit_on_signals("trials already started go on on their workers; run the same command again "
+                         "once they have ended, and finished trials are reused"):
+        try:
+            check_result_storage()
+            with prefect_server():
+                result = sweep(trials=spec.get("trials"), grid=grid or None, base=base or None,
+                               out=args.out or spec.get("out"), deployment=args.deployment,
+                               trial_timeout_s=args.trial_timeout)
+        except PipelineError as exc:
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return exc.exit_code
+        except RuntimeError as exc:  # every trial failed; the report says why
+            print(f"\nerror: {exc}", file=sys.stderr)
+            return 1
+    warn_unsaved_results()
     print(f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\n"
           f"report: {result['sweep.csv']}, {result['sweep.png']}")
     return 0

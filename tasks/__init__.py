@@ -13,6 +13,7 @@ for _name, _value in {
     os.environ.setdefault(_name, _value)
 
 import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 from alexnet_pipeline.errors import PipelineError  # noqa: E402
 
@@ -35,5 +36,44 @@ _library_logger = logging.getLogger("alexnet_pipeline")
 if _library_logger.level == logging.NOTSET:
     _library_logger.setLevel(logging.INFO)
 
+# (folder, reason) of every result Prefect could not save in this process;
+# the command lines end with one warning line about them.
+unsaved_results: list[tuple[str, str]] = []
+
+
+class _UnsavedResultWarning(logging.Filter):
+    """Prefect logs a task result it could not write (a full disk, say) as an
+    ERROR with a 20-line traceback, then carries on with that stage uncached.
+    One WARNING line instead, that says what it costs, and the command lines
+    end with a warning line. Prefect's wording is matched: should it change,
+    its own message shows, as before."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if record.exc_info and "committing transaction" in message:
+            exc = record.exc_info[1]
+        elif "while persisting result" in message and record.args:  # a flow's result; no traceback
+            exc = record.args[0] if isinstance(record.args, tuple) else None
+        else:
+            return True
+        if not isinstance(exc, OSError):
+            return True
+        reason = exc.strerror or str(exc)
+        folder = str(Path(exc.filename).parent) if exc.filename else _storage_folder()
+        unsaved_results.append((folder, reason))
+        record.msg, record.args = ("could not save this result in %s (%s): the run goes on, but running it again "
+                                   "will redo this stage"), (folder, reason)
+        record.exc_info, record.exc_text = None, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _storage_folder() -> str:
+    from prefect.settings import PREFECT_LOCAL_STORAGE_PATH
+
+    return str(PREFECT_LOCAL_STORAGE_PATH.value())
+
+
 for _logger in ("prefect.task_runs", "prefect.flow_runs"):
     logging.getLogger(_logger).addFilter(_NoTracebackForUserErrors())
+    logging.getLogger(_logger).addFilter(_UnsavedResultWarning())

@@ -1,0 +1,313 @@
+"""The Prefect server a command-line run talks to, and what happens when it goes away.
+
+    with prefect_server():          # in main(), around the flow call
+        result = full_run(...)
+
+- PREFECT_API_URL set: that server must answer before the run starts (else
+  `error: cannot reach the Prefect server ...`, exit 4, within 5 s).
+- Not set: a temporary local server, as Prefect would start, but in its own
+  session, so that a signal sent to the run's process group (Ctrl-C in a
+  terminal, systemd's or a container runtime's SIGTERM) reaches the run and
+  not the server the run still needs to record how it stopped. The run stops
+  it at the end; were the run killed outright (kill -9), the server gets a
+  SIGTERM from the kernel (Linux: PR_SET_PDEATHSIG) instead of being left
+  behind.
+- During the run a watcher asks the server's /health every 2 s. A temporary
+  server that exited ends the run at the next check (2 s). A server that
+  does not answer for GRACE_S (20 s; ALEXNET_PIPELINE_SERVER_GRACE_S) ends
+  it with `error: lost the Prefect server at URL ...`, exit 4, about 22 s
+  after it went away (27 s at most when it hangs rather than refuses).
+  Why 20 s: a restarting server (12-14 s for `prefect server start` on 2
+  CPUs) is waited for, and Prefect's client retries each request for about
+  a minute, so a shorter outage costs nothing; after that every state
+  change of the run would fail, and its five retries per request are what
+  made a lost server cost minutes and tracebacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from alexnet_pipeline.errors import ConfigError, PipelineError
+from flows import interrupt
+
+GRACE_ENV = "ALEXNET_PIPELINE_SERVER_GRACE_S"
+GRACE_S = 20.0
+PROBE_EVERY_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+
+
+class PrefectServerError(PipelineError):
+    # Not the input (1), the config (2) or a lock (3): the same command can
+    # succeed once the server is back.
+    exit_code = interrupt.EXIT_SERVER_LOST
+
+
+# Run by the server's own interpreter: ask the kernel for a SIGTERM when the
+# run's process ends, however it ends, then run uvicorn as `python -m uvicorn`.
+_SERVER_LAUNCHER = """
+import ctypes, os, runpy, signal, sys
+parent = int(sys.argv.pop(1))
+try:
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != parent:
+    sys.exit(0)
+sys.argv[0] = "uvicorn"
+runpy.run_module("uvicorn", run_name="__main__", alter_sys=True)
+"""
+
+
+def grace_seconds() -> float:
+    text = os.environ.get(GRACE_ENV)
+    if text is None:
+        return GRACE_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{GRACE_ENV}: expected a number of seconds greater than 0, got {text!r}")
+    return value
+
+
+@contextlib.contextmanager
+def prefect_server() -> Iterator[str]:
+    """Yield the API URL the flow will use; watch it while the flow runs."""
+    from prefect.settings import PREFECT_API_URL
+
+    grace = grace_seconds()
+    configured = PREFECT_API_URL.value()
+    if configured:
+        url, process = configured.rstrip("/"), None
+        problem = probe(url)
+        if problem:
+            raise PrefectServerError(
+                f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {problem}. "
+                "Start it, or unset PREFECT_API_URL to use a temporary local server")
+    else:
+        url, process = start_temporary_server()
+    previous_env = os.environ.get("PREFECT_API_URL")
+    if process is not None:
+        _use_api_url(url)
+    interrupt.set_server(url, process)
+    watch = ServerWatch(url, process, grace)
+    watch.start()
+    try:
+        yield url
+    except Exception as exc:
+        if _is_connection_error(exc):  # the flow failed on its server before the watcher's verdict
+            watch.check(grace=0)
+        raise
+    finally:
+        watch.stop()
+        interrupt.forget_flow_run()
+        if process is not None:
+            _drain_prefect_workers()
+            interrupt.stop_process(process)
+            _use_api_url(previous_env)
+        interrupt.set_server(None, None)
+
+
+class ServerWatch(threading.Thread):
+    def __init__(self, url: str, process: subprocess.Popen | None, grace: float):
+        super().__init__(name="prefect-server-watch", daemon=True)
+        self.url, self.process, self.grace = url, process, grace
+        self._stopped = threading.Event()
+        self._failing_since: float | None = None
+
+    def run(self) -> None:
+        while not self._stopped.wait(PROBE_EVERY_S):
+            self.check(self.grace)
+
+    def check(self, grace: float) -> None:
+        """End the run if the server is gone: a temporary server that exited
+        at once, any server after `grace` seconds without an answer."""
+        # poll() before lost() looks at _stopped: the run stops its server only after stop().
+        if self.process is not None and self.process.poll() is not None:
+            self.lost(f"the temporary Prefect server this run started at {self.url} has exited "
+                      f"(status {self.process.returncode})")
+        problem = probe(self.url)
+        if problem is None:
+            self._failing_since = None
+            return
+        self._failing_since = self._failing_since or time.monotonic()
+        if time.monotonic() - self._failing_since >= grace:
+            self.lost(f"lost the Prefect server at {self.url} ({problem}" + (f", for {grace:.0f} s)" if grace else ")"))
+
+    def lost(self, what: str) -> None:
+        if self._stopped.is_set():  # the run has ended meanwhile
+            return
+        interrupt.stop_now(interrupt.EXIT_SERVER_LOST, f"error: {what}; the run folder is intact: {interrupt.hint()}")
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def probe(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None if the server answers, else why not. Any HTTP answer counts (a
+    401 from a server with authentication, say) except a proxy's 502-504."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/health", timeout=timeout, verify=_tls_verify())
+    except httpx.TimeoutException:
+        return f"no answer within {timeout:.0f} s"
+    except httpx.HTTPError as exc:
+        return _reason(exc)
+    if response.status_code in (502, 503, 504):
+        return f"HTTP {response.status_code} {response.reason_phrase}"
+    return None
+
+
+def _tls_verify():
+    """What Prefect's own client verifies the server with."""
+    import ssl
+
+    import certifi
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+        return False
+    return ssl.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
+def _reason(exc: BaseException) -> str:
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        exc = exc.__cause__ or exc.__context__
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def _is_connection_error(exc: BaseException | None) -> bool:
+    import httpx
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (httpx.TransportError, ConnectionError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def start_temporary_server(timeout: float | None = None) -> tuple[str, subprocess.Popen]:
+    """Start Prefect's temporary server (the command Prefect 3's
+    SubprocessASGIServer runs) in its own session; return its API URL."""
+    import prefect
+    from prefect.logging import get_logger
+    from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+
+    timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           **get_current_settings().to_environment_variables(exclude_unset=True)}
+    env.pop("PREFECT_API_URL", None)
+    deadline = time.monotonic() + timeout
+    while True:
+        port = _free_port()
+        url = f"http://127.0.0.1:{port}/api"
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()),
+             "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            env=env, start_new_session=True)
+        while process.poll() is None and probe(url, timeout=2) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if process.poll() == 3:  # uvicorn's start-up failure: the port was taken meanwhile
+            continue
+        if process.poll() is not None:
+            raise PrefectServerError(f"the temporary Prefect server exited with status {process.returncode} while "
+                                     "starting (its messages are above)")
+        if probe(url, timeout=2) is not None:
+            interrupt.stop_process(process)
+            raise PrefectServerError(
+                f"the temporary Prefect server did not start within {timeout:.0f} s: raise "
+                "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start one (prefect server start) "
+                "and set PREFECT_API_URL")
+        get_logger().info(f"Started a temporary Prefect server on {url.removesuffix('/api')} for this run "
+                          f"(pid {process.pid}); it stops when the run ends")
+        return url, process
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _use_api_url(url: str | None) -> None:
+    """Point every thread's Prefect settings at `url` (None: unset)."""
+    import prefect.context
+
+    if url is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = url
+    refresh = getattr(prefect.context, "refresh_global_settings_context", None)
+    if refresh is not None:
+        refresh()
+    else:  # Prefect before 3.9 has no function for it
+        prefect.context.GLOBAL_SETTINGS_CONTEXT = prefect.context.root_settings_context()
+
+
+def _drain_prefect_workers(timeout: float = 5.0) -> None:
+    """Let Prefect send its last logs and events while the server still runs
+    (it would otherwise try at exit, against a stopped server)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=timeout)
+
+
+# --- Prefect's result storage --------------------------------------------------------
+
+
+def check_result_storage() -> None:
+    """Before the run: the folder Prefect keeps cached results in must take
+    a file, or nothing would be cached and a re-run would redo every stage."""
+    from prefect.settings import PREFECT_DEFAULT_RESULT_STORAGE_BLOCK, PREFECT_LOCAL_STORAGE_PATH
+
+    if PREFECT_DEFAULT_RESULT_STORAGE_BLOCK.value():
+        return  # remote storage (S3, GCS, ...): Prefect reports its own errors
+    folder = Path(PREFECT_LOCAL_STORAGE_PATH.value()).expanduser()
+    probe_file = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(probe_file, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        raise PipelineError(
+            f"cannot write Prefect's result storage {folder} ({exc.strerror or exc}): no stage could be cached, "
+            "so a re-run would redo everything. Free disk space there, or set PREFECT_LOCAL_STORAGE_PATH "
+            "to a folder on another disk") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe_file.unlink()
+
+
+def warn_unsaved_results() -> None:
+    """After the run: one line if Prefect could not save some results."""
+    from tasks import unsaved_results
+
+    if unsaved_results:
+        folders = sorted({folder for folder, _ in unsaved_results})
+        reasons = sorted({reason for _, reason in unsaved_results})
+        print(f"\nwarning: Prefect could not save {len(unsaved_results)} result(s) in {', '.join(folders)} "
+              f"({'; '.join(reasons)}): this run's outputs are complete, but the same command will redo "
+              "those stages instead of reusing them. Free disk space there, or set PREFECT_LOCAL_STORAGE_PATH "
+              "to a folder on another disk.", file=sys.stderr)
+        unsaved_results.clear()
