@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
     warn_unsaved_results()
     print(f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\n"
-          f"report: {result['sweep.csv']}, {result['sweep.png']}")
+          f"report: {', '.join(result[name] for name in ('sweep.csv', 'sweep_seeds.csv', 'sweep.png') if name in result)}")
     return 0
 
 
