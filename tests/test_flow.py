@@ -186,7 +186,7 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
     df = pd.read_csv(out / "accuracy.csv")
     assert df["epoch"].tolist() == [1]
     report = (out / "report.md").read_text()
-    assert "test images: 9, classes: 3" in report
+    assert "(3 classes); test images: 9;" in report
     for name in ("cat", "dog", "ship"):
         assert f"| {name} |" in report
     assert (out / "confusion.png").is_file() and (out / "checkpoints" / "alexnet-01.pt").is_file()
