@@ -111,7 +111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("run_dir", nargs="?", help="run folder (default: the newest under $ALEXNET_PIPELINE_RUNS_ROOT or runs/)")
     p.add_argument("--data-dir", metavar="DIR", help="where the dataset is on this machine, if not where it was trained")
     p.add_argument("--cache-dir", metavar="DIR", help="where preprocessed arrays are cached on this machine")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                   help="device to evaluate on (default: the one the run trained with)")
     return p.parse_args(argv)
 
 

@@ -130,7 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", choices=preset_names(), help="recipe to start from (default: default)")
     p.add_argument("--config", dest="config_file", metavar="FILE", help="YAML file with data/model/train sections")
-    p.add_argument("--dataset", choices=["cifar10", "imagefolder"])
+    p.add_argument("--dataset", choices=["cifar10", "imagefolder"],
+                   help="cifar10 (downloaded into --data-dir) or imagefolder (DIR/train/<class>/*, DIR/test/<class>/*); "
+                        "default: cifar10")
     p.add_argument("--data-dir", metavar="DIR", help="CIFAR-10 download folder, or the image folder (train/ and test/)")
     p.add_argument("--no-verify", dest="verify", action="store_const", const=False,
                    help="accept a CIFAR-10 archive whose MD5 differs from the official one")
@@ -139,12 +141,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave out image files that cannot be decoded (listed in the report)")
     p.add_argument("--cache-dir", metavar="DIR", help="where preprocessed arrays go (default: DATA_DIR/preprocessed)")
     p.add_argument("--weights", metavar="imagenet|none|PATH", help="starting weights (default: imagenet)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=int, metavar="N", help="training epochs, one checkpoint each (default: 30)")
+    p.add_argument("--batch-size", type=int, metavar="N",
+                   help="training batch size; the default lr scales with it (default: 256)")
     p.add_argument("--lr", type=float, help="base learning rate (default: chosen from the weights)")
     p.add_argument("--image-size", type=int, help="model input side in pixels (default: 224)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="auto: a CUDA GPU when there is one (default: auto)")
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seeds the initial weights, order, augmentation and dropout (default: 0)")
     p.add_argument("--out", metavar="DIR", help="run folder (default: runs/<name derived from the config>)")
     return p.parse_args(argv)
 

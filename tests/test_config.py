@@ -412,3 +412,21 @@ def test_how_the_data_is_fetched_and_checked_leaves_the_run_folder_alone():
     assert {cfg.fingerprint() for cfg in same} == {base.fingerprint()}
     assert {cfg.run_dir("abcdef123") for cfg in same} == {base.run_dir("abcdef123")}
     assert resolve_config("default", overrides={"data.subset": 100}).fingerprint() != base.fingerprint()
+
+
+@pytest.mark.parametrize("module", ["flows.full_run", "flows.evaluate", "flows.sweep"])
+def test_every_command_line_flag_is_described(module, monkeypatch):
+    import argparse
+    import importlib
+
+    parsers = []
+    real_parse_args = argparse.ArgumentParser.parse_args
+
+    def keep_parser(self, args=None, namespace=None):
+        parsers.append(self)
+        return real_parse_args(self, args, namespace)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", keep_parser)
+    importlib.import_module(module).parse_args([])
+    undescribed = [a.option_strings or a.dest for a in parsers[0]._actions if not a.help]
+    assert undescribed == []
