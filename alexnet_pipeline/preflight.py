@@ -15,7 +15,9 @@ from alexnet_pipeline.model import build_alexnet, check_imagenet_weights_reachab
 from alexnet_pipeline.train import check_crop_padding
 
 
-def check_inputs(cfg: PipelineConfig) -> None:
+def check_inputs(cfg: PipelineConfig) -> int:
+    """Raise what is wrong with the inputs; return the number of training
+    images a run will use."""
     weights = cfg.model.weights
     if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
         raise WeightsError(
@@ -29,6 +31,7 @@ def check_inputs(cfg: PipelineConfig) -> None:
     if cfg.data.dataset == "cifar10":
         check_crop_padding(cfg.train, 32)
         check_cifar10_reachable(cfg.data.data_dir, cfg.data.url)
+        count = min(cfg.data.subset or CIFAR10_TRAIN_IMAGES, CIFAR10_TRAIN_IMAGES)
     if cfg.data.dataset == "imagefolder":
         # Scanning finds a missing folder, empty classes or mismatched class sets.
         source = ImageFolderSource(Path(cfg.data.data_dir), workers=cfg.data.decode_workers)
@@ -41,3 +44,51 @@ def check_inputs(cfg: PipelineConfig) -> None:
             )
     if weights == "imagenet":
         check_imagenet_weights_reachable()
+    return count
+
+
+CIFAR10_TRAIN_IMAGES = 50_000
+# Below this many input pixels per epoch (the smoke preset: 1,000 images at
+# 64x64 is 4.1M) a CPU run is short enough to need no estimate.
+CPU_ESTIMATE_ABOVE_PIXELS = 20_000_000
+# An epoch at least this long on the CPU gets a warning.
+CPU_WARNING_SECONDS = 600.0
+
+
+def cpu_training_warning(cfg: PipelineConfig, train_images: int) -> str | None:
+    """On a machine without a GPU (or with --device cpu), a run whose epochs
+    would take long says so before it starts, with a time measured on one
+    training step here and how to pick a smaller run; else None."""
+    import time
+
+    import torch
+
+    from alexnet_pipeline.device_data import resolve_device
+    from alexnet_pipeline.model import new_alexnet
+
+    t = cfg.train
+    if resolve_device(t.device).type != "cpu" or train_images * t.image_size**2 < CPU_ESTIMATE_ABOVE_PIXELS:
+        return None
+    model, batch = new_alexnet(10), 4
+    optimizer = torch.optim.AdamW(model.parameters())
+    x, y = torch.randn(batch, 3, t.image_size, t.image_size), torch.zeros(batch, dtype=torch.long)
+    for step in range(2):  # the first step pays for allocation
+        started = time.perf_counter()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    epoch_s = (time.perf_counter() - started) / batch * train_images
+    if epoch_s < CPU_WARNING_SECONDS:
+        return None
+    return (f"no GPU in use: {train_images:,} training images at {t.image_size}x{t.image_size} take about "
+            f"{_duration(epoch_s)} per epoch on this CPU ({_duration(epoch_s * t.epochs)} for {t.epochs} epochs; "
+            "estimated from one training step here). For a short demonstration: --preset smoke; or fewer and "
+            "smaller images: --subset 1000 --image-size 64. Ctrl-C stops it; the same command resumes.")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

@@ -35,7 +35,7 @@ from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_config
 from alexnet_pipeline.errors import PipelineError
 from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
-from alexnet_pipeline.preflight import check_inputs
+from alexnet_pipeline.preflight import check_inputs, cpu_training_warning
 from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.timing import StageTimer
 from flows.interrupt import exit_on_signals, keep_signals_in_flow
@@ -161,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             # Everything that can be checked cheaply is checked before Prefect starts.
             cfg = config_for(preset, config_file, **params)
-            check_inputs(cfg)
+            train_images = check_inputs(cfg)
+            if warning := cpu_training_warning(cfg, train_images):
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
             if cfg.out:  # a default run folder is known only once the data are hashed
                 check_not_locked(cfg.run_dir())
             check_result_storage()

@@ -430,3 +430,16 @@ def test_every_command_line_flag_is_described(module, monkeypatch):
     importlib.import_module(module).parse_args([])
     undescribed = [a.option_strings or a.dest for a in parsers[0]._actions if not a.help]
     assert undescribed == []
+
+
+def test_a_long_cpu_run_is_announced_with_its_measured_time_per_epoch():
+    """Without a GPU, the default recipe would train for hours per epoch: the
+    command line says so first, from one step timed here, with a smaller run
+    to choose. A short run (the smoke preset's size) is not held up."""
+    from alexnet_pipeline.preflight import cpu_training_warning
+
+    big = resolve_config("default", overrides={"train.device": "cpu", "train.image_size": 64})
+    message = cpu_training_warning(big, 10_000_000)
+    assert message.startswith("no GPU in use: 10,000,000 training images at 64x64 take about ")
+    assert "per epoch on this CPU" in message and "for 30 epochs" in message and "--preset smoke" in message
+    assert cpu_training_warning(resolve_config("smoke", overrides={"train.device": "cpu"}), 1000) is None
