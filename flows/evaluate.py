@@ -22,7 +22,7 @@ import copy
 import sys
 from pathlib import Path
 
-import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+import tasks  # first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -118,6 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    tasks.command_line_reports_errors()  # printed once, as the error: line below
     with exit_on_signals("run the same command again"):
         try:
             if args["run_dir"]:  # a wrong folder is reported before Prefect starts

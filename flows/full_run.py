@@ -26,7 +26,7 @@ import sys  # noqa: E402
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+import tasks  # first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -155,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    tasks.command_line_reports_errors()  # printed once, as the error: line below
     preset, config_file = args.pop("preset"), args.pop("config_file")
     params = {k: v for k, v in args.items() if v is not None}
     with exit_on_signals():

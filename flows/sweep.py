@@ -20,7 +20,7 @@ import argparse  # noqa: E402
 import sys
 from pathlib import Path
 
-import tasks  # noqa: F401  (sets Prefect's environment defaults before prefect is imported)
+import tasks  # first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL
 
     args = parse_args(argv)
+    tasks.command_line_reports_errors()  # printed once, as the error: line below
     spec = load_yaml(Path(args.file)) if args.file else {}
     unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
     if unknown:

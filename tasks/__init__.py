@@ -12,21 +12,57 @@ for _name, _value in {
 }.items():
     os.environ.setdefault(_name, _value)
 
+import collections  # noqa: E402
 import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from alexnet_pipeline.errors import PipelineError  # noqa: E402
 
 
-class _NoTracebackForUserErrors(logging.Filter):
-    """A PipelineError is a message for the user (bad input, offline, ...):
-    Prefect would log it with a 30-line traceback that buries the message."""
+class _OneLineForUserErrors(logging.Filter):
+    """A PipelineError is a message for the user (bad input, offline, ...).
+    Prefect would log it four times (the task's failure with a 30-line
+    traceback, the task's final state, the flow's failure, the flow's final
+    state), each repeating the message. Kept: one line, the first time, with
+    the message; under a command line that prints it as its `error:` line
+    (see command_line_reports_errors), one line naming the error's kind."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], PipelineError):
-            record.exc_info = None
-            record.exc_text = None
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, PipelineError):
+            if any(seen is exc for seen in _reported_errors):
+                return False  # the flow's echo of a task's failure
+            _reported_errors.append(exc)
+            record.exc_info, record.exc_text = None, None
+            if _command_line_prints_errors:
+                record.msg, record.args = "failed (%s); the command's error: line says why", (type(exc).__name__,)
+            else:
+                record.msg, record.args = "failed: %s", (str(exc),)
+            return True
+        message = record.getMessage() if record.msg else ""
+        if message.startswith("Finished in state Failed(") and any(f"{name}: " in message for name in _user_error_names()):
+            record.msg, record.args = "Finished in state Failed", ()
         return True
+
+
+def _user_error_names() -> set[str]:
+    names, todo = set(), [PipelineError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+_reported_errors: collections.deque = collections.deque(maxlen=64)
+_command_line_prints_errors = False
+
+
+def command_line_reports_errors() -> None:
+    """Called by a command line that prints a PipelineError itself as its
+    `error:` line: Prefect's log then only names the failure's kind."""
+    global _command_line_prints_errors
+    _command_line_prints_errors = True
 
 
 # Prefect attaches its handlers to the library's logger but leaves its level
@@ -75,5 +111,5 @@ def _storage_folder() -> str:
 
 
 for _logger in ("prefect.task_runs", "prefect.flow_runs"):
-    logging.getLogger(_logger).addFilter(_NoTracebackForUserErrors())
+    logging.getLogger(_logger).addFilter(_OneLineForUserErrors())
     logging.getLogger(_logger).addFilter(_UnsavedResultWarning())

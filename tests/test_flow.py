@@ -168,12 +168,34 @@ def test_deleted_report_file_is_written_again(first_run, tmp_path):
 def test_pipeline_error_fails_the_flow_with_its_message(prefect_storage, cifar_data_dir, tmp_path):
     from flows.full_run import full_run
 
-    params = {**PARAMS, "verify": True, "data_dir": str(cifar_data_dir), "out": str(tmp_path / "run")}
-    state = full_run(**params, return_state=True)
+    import logging
+
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.lines = []
+
+        def emit(self, record):
+            self.lines.append(self.format(record))
+
+    collect = Collect()
+    loggers = [logging.getLogger(name) for name in ("prefect.task_runs", "prefect.flow_runs")]
+    for logger in loggers:
+        logger.addHandler(collect)
+    try:
+        params = {**PARAMS, "verify": True, "data_dir": str(cifar_data_dir), "out": str(tmp_path / "run")}
+        state = full_run(**params, return_state=True)
+    finally:
+        for logger in loggers:
+            logger.removeHandler(collect)
     assert state.is_failed()
     with pytest.raises(DataError, match="checksum mismatch"):
         state.result()
     assert not (tmp_path / "run" / "checkpoints").exists()
+    # Prefect's log says it once, on one line, without a traceback.
+    mentions = [line for line in collect.lines if "checksum mismatch" in line]
+    assert len(mentions) == 1 and "\n" not in mentions[0] and mentions[0].startswith("failed: checksum mismatch")
+    assert not any("Traceback" in line for line in collect.lines)
 
 
 def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
