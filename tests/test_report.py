@@ -324,3 +324,42 @@ def test_trials_that_differ_only_by_seed_are_summarised_over_seeds():
     band = ax.collections[0].get_paths()[0].vertices[:, 1]
     assert band.min() == pytest.approx(40.0) and band.max() == pytest.approx(54.0)
     assert ax.get_ylim() == (0, 100)
+
+
+def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storage, tmp_path):
+    """The sweep's report task, in a flow: trials lr=0.001 x seeds 0,1 and
+    lr=0.01 x seed 0 give sweep.csv (one row per trial) and sweep_seeds.csv
+    (one row per setting, over its seeds), and the folder stays a sweep's."""
+    import pandas as pd
+    from prefect import flow
+
+    from alexnet_pipeline.ownership import claim_sweep_folder
+    from tasks.sweep import write_sweep_report
+
+    sweep_dir = tmp_path / "sweep"
+    claim_sweep_folder(sweep_dir)
+    rows = []
+    for trial, (lr, seed, accs) in enumerate([(0.001, 0, [0.40, 0.50]), (0.001, 1, [0.44, 0.54]),
+                                               (0.01, 0, [0.30, 0.20])], start=1):
+        run_dir = sweep_dir / f"trial-{trial:02d}"
+        run_dir.mkdir()
+        pd.DataFrame({"epoch": [1, 2], "test_acc": accs, "epoch_seconds": [3.0, 3.0]}).to_csv(
+            run_dir / "accuracy.csv", index=False)
+        rows.append({"trial": trial, "params": {"lr": lr, "seed": seed}, "run_dir": str(run_dir),
+                     "state": "Completed", "best_epoch": 2 if accs[1] > accs[0] else 1,
+                     "best_test_acc": max(accs), "final_test_acc": accs[1]})
+
+    @flow
+    def report_only():
+        return write_sweep_report(str(sweep_dir), rows, ["lr", "seed"], ["lr", "seed"])
+
+    paths = report_only()
+    assert len(pd.read_csv(paths["sweep.csv"])) == 3
+    seeds = pd.read_csv(paths["sweep_seeds.csv"]).set_index("group")
+    assert seeds.loc["lr=0.001", "n"] == 2 and seeds.loc["lr=0.001", "best_test_acc_mean"] == pytest.approx(0.52)
+    assert seeds.loc["lr=0.001", "best_test_acc_min"] == 0.50 and seeds.loc["lr=0.01", "n"] == 1
+    assert open(paths["sweep.png"], "rb").read(4) == b"\x89PNG"
+    # Every file the report writes is one a sweep folder may hold.
+    from alexnet_pipeline.ownership import SWEEP_FILES
+
+    assert set(paths) <= set(SWEEP_FILES)
