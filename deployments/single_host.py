@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 PREFECT_FILE = REPO / "deployments" / "prefect.yaml"
 AUTOMATIONS_FILE = REPO / "deployments" / "automations.yaml"
 PARTS = ("postgres", "server", "workers")
-DEFAULTS = {"host": "127.0.0.1", "port": 4200, "pg_port": 5433, "database": "prefect", "database_url": None,
+DEFAULTS = {"port": 4200, "pg_port": 5433, "database": "prefect", "database_url": None,
             "workers": None, "pool": "alexnet-pool", "heartbeat_window": 90, "ui": True}
 
 
@@ -88,8 +88,7 @@ class Setup:
 
     @property
     def api_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}/api"
+        return f"http://127.0.0.1:{self.port}/api"
 
     def log(self, name: str) -> Path:
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -338,9 +337,12 @@ def start_server(setup: Setup, wait_s: float = 180) -> None:
         if setup.local_postgres and not postgres_running(setup):
             raise Refused(f"server: PostgreSQL is not running (data folder {setup.pg_dir / 'data'}): "
                           "start it first (start postgres), or use --database-url for an existing server")
-        if port_in_use(setup.api_url.split("//")[1].split(":")[0], setup.port):
+        if port_in_use("127.0.0.1", setup.port):
             raise Refused(f"server: port {setup.port} is taken by another program: pass --port")
-        args = [sys.executable, "-m", "prefect", "server", "start", "--host", setup.host, "--port", str(setup.port)]
+        # Loopback only: the server has no authentication, and on one host
+        # nothing else needs to reach it (README.md, "Run on several GPU
+        # machines", for a server other hosts' workers use).
+        args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(setup.port)]
         if not setup.ui:
             args.append("--no-ui")
         pid = launch(setup, "server", args, prefect_env(setup, PREFECT_API_DATABASE_CONNECTION_URL=setup.connection_url))
@@ -549,8 +551,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "(default: $ALEXNET_PREFECT_DIR, else ~/.alexnet-prefect, or /var/lib/alexnet-prefect for root)")
     p.add_argument("--workers", type=int, help="run workers, one run each (default: one per GPU, else 1); "
                    "plus one worker for sweep controllers")
-    p.add_argument("--host", help="address the server listens on (default 127.0.0.1; another host's workers need "
-                   "an address they can reach: the server has no authentication)")
     p.add_argument("--port", type=int, help="the server's port (default 4200)")
     p.add_argument("--pg-port", type=int, help="the local PostgreSQL's port, on 127.0.0.1 only (default 5433)")
     p.add_argument("--database-url", help="use this existing PostgreSQL instead of a local data folder "
@@ -573,7 +573,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("workers", "host", "port", "pg_port", "database_url", "pool",
+    overrides = {k: getattr(args, k) for k in ("workers", "port", "pg_port", "database_url", "pool",
                                                 "heartbeat_window", "ui")}
     setup = Setup(args.dir.expanduser().absolute(), overrides)
     parts = args.parts or list(PARTS)
