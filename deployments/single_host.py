@@ -531,6 +531,8 @@ def status(setup: Setup) -> int:
         state = f"running (pid {pid})" if pid else "stopped"
         if name in seen:
             state += f", server sees it {seen[name]}"
+        elif pid and answers:
+            state += ", not seen by the server yet (a new worker registers within seconds)"
         say(f"worker {name}: {state}")
         problems += pid is None
     if answers:
