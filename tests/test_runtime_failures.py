@@ -63,7 +63,7 @@ def assert_epoch_1_intact(checkpoint_dir: Path) -> None:
     assert state["epoch"] == 1
     assert sha256_of(checkpoint_dir / "alexnet-01.pt") == state["checkpoints"][1]
     assert not (checkpoint_dir / "alexnet-02.pt").exists()
-    assert sorted(p.name for p in checkpoint_dir.iterdir()) == ["alexnet-01.pt", RESUME_NAME]
+    assert sorted(p.name for p in checkpoint_dir.iterdir()) == [".alexnet-01.pt.sha256", "alexnet-01.pt", RESUME_NAME]
 
 
 def enospc() -> OSError:
