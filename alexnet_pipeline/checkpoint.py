@@ -91,7 +91,8 @@ def _write(obj: Any, tmp: Path) -> str:
     return writer.digest.hexdigest()
 
 
-def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_state: dict) -> str:
+def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_state: dict,
+                 keep_in_memory: bool = True) -> str:
     """Write one epoch's checkpoint and the resume state that names it as one
     commit; return the checkpoint's SHA-256 (also recorded beside the file).
 
@@ -102,7 +103,9 @@ def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_stat
     epoch whose checkpoint is on disk is never trained again.
 
     `state_dict` must be a private copy (CPU tensors that nothing changes
-    afterwards): it is kept in memory for the epoch's evaluation."""
+    afterwards): with `keep_in_memory` it is kept for the epoch's evaluation
+    (a GPU run; on the CPU host memory is what training itself uses, and
+    reading the file back through a memory map costs little)."""
     checkpoint_dir = Path(checkpoint_dir)
     epoch = meta["epoch"]
     path = checkpoint_path(checkpoint_dir, epoch)
@@ -123,7 +126,8 @@ def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_stat
         record_sha256(path, sha256)
         faults.crash_point("commit", epoch)
         replace_durably(pending, checkpoint_dir / RESUME_NAME)
-    recent.remember(sha256, ckpt)
+    if keep_in_memory:
+        recent.remember(sha256, ckpt)
     return sha256
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Part of the fine-tune task's cache key: bump when a change to training
 # (here or in transforms.py, device_data.py, model.py) changes its results.
-TRAIN_VERSION = 1
+TRAIN_VERSION = 2
 
 # Steps between progress-bar updates: each one costs a host-device sync.
 SYNC_EVERY = 25
@@ -157,11 +157,11 @@ class CheckpointWriter:
 
 
 def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict, resume_state: dict,
-                 written: dict[int, str]) -> int:
+                 written: dict[int, str], keep_in_memory: bool = True) -> int:
     """Runs on the writer thread, which alone updates `written` (epoch ->
     SHA-256). Returns the bytes written."""
     resume_state["checkpoints"] = dict(written)
-    written[epoch] = ckpt_io.commit_epoch(checkpoint_dir, model_state, meta, resume_state)
+    written[epoch] = ckpt_io.commit_epoch(checkpoint_dir, model_state, meta, resume_state, keep_in_memory)
     faults.crash_point("after-checkpoint", epoch)
     return (ckpt_io.checkpoint_path(checkpoint_dir, epoch).stat().st_size
             + (checkpoint_dir / ckpt_io.RESUME_NAME).stat().st_size)
@@ -252,7 +252,7 @@ def train_run(
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
             model_state = _to_cpu(model.state_dict())
             copy_seconds += time.perf_counter() - copy_started
-            writer.submit(_write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written)
+            writer.submit(_write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, cuda)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         writer.drain()
@@ -440,9 +440,11 @@ def build_trainer(t: TrainConfig, weights: str, images: np.ndarray, labels: np.n
     model = build_alexnet(num_classes, weights).to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    # fused AdamW: one kernel for all parameters instead of several per tensor.
+    # fused AdamW, on the CPU too: one kernel for all parameters instead of
+    # several per tensor, and no per-tensor temporaries (on the CPU 0.3 GB
+    # less peak host memory for AlexNet, and faster).
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.resolved_lr(weights), weight_decay=t.weight_decay,
-                                  **({"fused": True} if cuda else {}))
+                                  fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(t.schedule, step, total_steps, warmup_steps)
     )
