@@ -165,10 +165,15 @@ def test_deleted_report_file_is_written_again(first_run, tmp_path):
     assert ("fine-tune", "Cached") in states
 
 
-def test_pipeline_error_fails_the_flow_with_its_message(prefect_storage, cifar_data_dir, tmp_path):
+def test_pipeline_error_fails_the_flow_with_its_message(prefect_storage, cifar_data_dir, tmp_path, monkeypatch):
+    import logging
+
+    import tasks
     from flows.full_run import full_run
 
-    import logging
+    # As in a run a worker started: no command line prints the error itself
+    # (a test that called a main() in this process would have said otherwise).
+    monkeypatch.setattr(tasks, "_command_line_prints_errors", False)
 
     class Collect(logging.Handler):
         def __init__(self):
