@@ -55,3 +55,18 @@ def test_image_folder_packed_as_the_official_cifar_archive(tmp_path):
             matches = [np.array_equal(image, np.asarray(Image.open(p).convert("RGB")))
                        for p in (folder / split / CLASS_NAMES[label]).iterdir()]
             assert sum(matches) == 1  # each stored image is one file of its own class
+
+
+@pytest.mark.slow
+def test_overhead_quick_reports_all_fields():
+    """benchmarks/overhead.py with small counts: it runs every measurement
+    (floor, a finished run again, a new lr, trials) and the re-run was all
+    cache hits (the script refuses otherwise). Its numbers are not asserted."""
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--quick"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("floor_s", "first_run_s", "cached_rerun_s", "cached_over_floor", "new_lr_until_training_s",
+                "new_lr_total_s", "overhead_per_further_trial_s", "peak_host_memory_gb"):
+        assert result[key] > 0, key
+    assert result["new_lr_preprocess_stage_s"] is not None and len(result["trial_overheads_s"]) == 2
