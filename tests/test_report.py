@@ -4,6 +4,7 @@ the library, and the files the report task writes (through .fn)."""
 from __future__ import annotations
 
 import json
+import logging
 
 import matplotlib
 import pandas as pd
@@ -353,7 +354,17 @@ def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storag
     def report_only():
         return write_sweep_report(str(sweep_dir), rows, ["lr", "seed"], ["lr", "seed"])
 
-    paths = report_only()
+    # The task's log says where the results are (shown in the sweep's flow-run logs).
+    lines: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("prefect.task_runs").addHandler(handler)
+    try:
+        paths = report_only()
+    finally:
+        logging.getLogger("prefect.task_runs").removeHandler(handler)
+    located = [line for line in lines if line.startswith("sweep results: ")]
+    assert len(located) == 1 and all(paths[name] in located[0] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png"))
     assert len(pd.read_csv(paths["sweep.csv"])) == 3
     seeds = pd.read_csv(paths["sweep_seeds.csv"]).set_index("group")
     assert seeds.loc["lr=0.001", "n"] == 2 and seeds.loc["lr=0.001", "best_test_acc_mean"] == pytest.approx(0.52)

@@ -1,0 +1,185 @@
+"""The README's examples can be copied as they are: every command line it
+shows uses flags its script accepts, no command names a run folder that only
+exists in the README, and the examples that find a run folder or checkpoint
+for you (the checkpoint-loading snippet, the evaluate-latest shell line) work
+on a real run folder."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from alexnet_pipeline.cache import preprocess
+from alexnet_pipeline.config import resolve_config
+from alexnet_pipeline.download import ensure_cifar10
+from alexnet_pipeline.train import train_run
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+
+def code_blocks() -> list[tuple[str, list[tuple[int, str]]]]:
+    """(language, [(line number, text)]) of each fenced block, and each
+    indented block as language "" (one entry per line)."""
+    blocks, fence, current = [], None, []
+    for number, line in enumerate(README.splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            if fence is None:
+                fence, current = stripped[3:], []
+            else:
+                blocks.append((fence, current))
+                fence = None
+            continue
+        if fence is not None:
+            current.append((number, line))
+        elif line.startswith("    ") and stripped:
+            blocks.append(("", [(number, stripped)]))
+    return blocks
+
+
+def shell_commands() -> list[tuple[int, str]]:
+    """Every command in a shell block or an indented block, and every inline
+    `python ...` code span: continuation lines joined, comments dropped,
+    `a && b` split."""
+    commands = []
+    for language, lines in code_blocks():
+        if language not in ("", "bash", "sh"):
+            continue
+        pending, start = "", 0
+        for number, text in lines:
+            if not pending:
+                start = number
+            pending += text.strip() + "\n"
+            try:
+                shlex.split(pending, comments=True)
+            except ValueError:  # an open quote: the command goes on
+                continue
+            for part in re.split(r"\s&&\s", pending.strip()):
+                # Only commands: the output shown beside them (`error: ...`) is not one.
+                program = re.sub(r"^([A-Z_]+=\S*\s+)*", "", part).split(" ", 1)[0]
+                if program in PROGRAMS:
+                    commands.append((start, part))
+            pending = ""
+    for match in re.finditer(r"`(python [^`]+)`", README):
+        commands.append((README.count("\n", 0, match.start()) + 1, match.group(1)))
+    return commands
+
+
+PROGRAMS = {"python", "prefect", "pip", "sudo", "export", "bash", "tar", "ls", "cd", "kill", "rm"}
+
+
+class _Parsed(Exception):
+    pass
+
+
+def parses(script: Path, argv: list[str], monkeypatch) -> argparse.Namespace:
+    """What `script`'s own argument parser makes of argv (stopping there:
+    nothing is run). An unknown flag or a bad value fails the test."""
+    spec = importlib.util.spec_from_file_location(f"readme_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(parser, args=None, namespace=None):
+        raise _Parsed(original(parser, args, namespace))
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    try:
+        module.main(argv)
+    except _Parsed as parsed:
+        return parsed.args[0]
+    finally:
+        monkeypatch.undo()
+    raise AssertionError(f"{script} ran without parsing its arguments")
+
+
+def test_every_command_line_in_the_readme_uses_flags_its_script_accepts(monkeypatch, capsys):
+    checked = []
+    for line, command in shell_commands():
+        words = shlex.split(command, comments=True)
+        while words and re.fullmatch(r"[A-Z_]+=\S*", words[0]):  # VAR=value command ...
+            words.pop(0)
+        if len(words) < 2 or words[0] != "python" or not words[1].endswith(".py"):
+            continue
+        script = REPO / words[1]
+        assert script.is_file(), f"README.md line {line}: {words[1]} does not exist"
+        argv = words[2:]
+        # A made-up placeholder (<...>) is no example one can paste.
+        assert not re.search(r"<[^>]*>", " ".join(argv)), f"README.md line {line}: placeholder in {command!r}"
+        try:
+            parses(script, argv, monkeypatch)
+        except SystemExit as exc:
+            if exc.code == 0:  # --help
+                checked.append(words[1])
+                continue
+            pytest.fail(f"README.md line {line}: {command!r} is refused by {words[1]} (exit {exc.code}): "
+                        f"{capsys.readouterr().err.strip()}")
+        checked.append(words[1])
+    # The set-up command, the image-folder example, the sweep and the by-hand
+    # server commands are among them.
+    assert {"flows/full_run.py", "flows/sweep.py", "deployments/single_host.py"} <= set(checked), checked
+
+
+def test_no_readme_command_names_a_run_folder_that_only_exists_in_the_readme():
+    """A command that needs a run folder finds it (a glob, or a command that
+    prints it); a literal name like runs/cifar10-imagenet-e30-1a2b3c4d5e is a
+    folder the reader does not have."""
+    for line, command in shell_commands():
+        for path in re.findall(r"runs/[^\s\"')]*", command):
+            first = path.split("/")[1]
+            assert not first or "*" in first or "$" in first, (
+                f"README.md line {line}: {command!r} names the run folder {path!r}")
+    for language, lines in code_blocks():
+        if language == "python":
+            for line, text in lines:
+                assert "..." not in text.split("#")[0], f"README.md line {line}: placeholder path in {text!r}"
+
+
+@pytest.fixture(scope="module")
+def runs_root(tmp_path_factory, cifar_archive_dir) -> Path:
+    """A folder holding runs/ with two real run folders of a tiny training,
+    the second written last."""
+    root = tmp_path_factory.mktemp("readme")
+    data_dir = root / "data"
+    data_dir.mkdir()
+    shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
+    overrides = {"model.weights": "none", "train.epochs": 1, "train.batch_size": 5, "train.image_size": 64,
+                 "train.device": "cpu", "data.subset": 10, "data.data_dir": str(data_dir)}
+    cfg = resolve_config("default", overrides=overrides)
+    dataset_dir = preprocess(cfg.data, cfg.train.image_size, ensure_cifar10(data_dir, verify=False, progress=False),
+                             progress=False)
+    for name in ("older-run", "newer-run"):
+        train_run(cfg, dataset_dir, root / "runs" / name, progress=False)
+        time.sleep(0.05)  # distinct modification times
+    return root
+
+
+def test_readme_checkpoint_example_loads_the_newest_checkpoint_as_written(runs_root, monkeypatch):
+    snippets = ["\n".join(text for _, text in lines) for language, lines in code_blocks() if language == "python"]
+    example = next(s for s in snippets if "load_checkpoint" in s)
+    monkeypatch.chdir(runs_root)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    model, ckpt = namespace["model"], namespace["ckpt"]
+    assert isinstance(model, torch.nn.Module) and not model.training
+    assert ckpt["epoch"] == 1 and model.classifier[-1].out_features == len(ckpt["class_names"])
+    assert "newer-run" in str(next(v for v in namespace.values() if isinstance(v, Path)))
+
+
+def test_readme_evaluate_latest_line_names_the_newest_run_folder(runs_root):
+    line = next(c for _, c in shell_commands() if "evaluate-latest" in c and "$(" in c)
+    printer = re.search(r"\$\((ls [^)]*)\)", line).group(1)
+    found = subprocess.run(["bash", "-c", printer], cwd=runs_root, capture_output=True, text=True, check=True,
+                           env={**os.environ, "PWD": str(runs_root)}).stdout.strip()
+    assert Path(found) == runs_root / "runs" / "newer-run", found
