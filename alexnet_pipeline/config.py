@@ -312,21 +312,33 @@ class RunOption:
 
     @property
     def value_type(self) -> Any:
-        """The field's type with its bounds (for a flow parameter; None there
-        means "not given": the preset's or the file's value)."""
-        return Annotated[self.field.annotation, *self.field.metadata]
+        """The field's type with its bounds, for a flow parameter (JSON: no
+        YAML-string numbers to read, and without that step pydantic writes
+        the bounds into the JSON schema Prefect checks parameters against)."""
+        return _without_before_validators(Annotated[self.field.annotation, *self.field.metadata])
+
+    @property
+    def is_switch(self) -> bool:
+        """A flag without a value (it stores Flag.const)."""
+        return self.flag.const is not _NO_CONST
 
     @property
     def help(self) -> str:
-        text = self.flag.help or self.field.description
-        if self.flag.const is _NO_CONST and self.field.default is not None:
-            text += f" (default: {self.field.default})"
-        return text
+        """The flag's --help line."""
+        if self.is_switch:  # a flag without a value has no default to state
+            return self.flag.help or self.field.description
+        return self.description
+
+    @property
+    def description(self) -> str:
+        """What the setting means, with its default (the flow parameter's description)."""
+        text = self.field.description
+        return text + (f" (default: {self.field.default})" if self.field.default is not None else "")
 
     def parse(self, text: str) -> Any:
         """A value written as text (`--set seed=1`), read as the field's type;
         what does not read is passed on as text, for the check to name."""
-        kind = _base_type(self.field.annotation)
+        kind = base_type(self.field.annotation)
         if kind is bool and text.lower() in ("true", "false"):
             return text.lower() == "true"
         if kind in (int, float):
@@ -337,7 +349,19 @@ class RunOption:
         return text
 
 
-def _base_type(annotation: Any) -> Any:
+def _without_before_validators(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        kept = [m for m in metadata if not isinstance(m, BeforeValidator)]
+        inner = _without_before_validators(inner)
+        return Annotated[inner, *kept] if kept else inner
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_without_before_validators(a) for a in typing.get_args(annotation))]
+    return annotation
+
+
+def base_type(annotation: Any) -> Any:
     """int for `Integer | None`, Literal[...] stays itself."""
     while True:
         origin = typing.get_origin(annotation)
@@ -435,7 +459,7 @@ def _explain(error: dict, model: type[BaseModel], prefix: str) -> tuple[tuple, s
     if kind == "not_utf8":
         return (1,), f"{name}: {error['msg']}"
     _, field = _field_at(model, loc)
-    expected = _base_type(field.annotation) if field is not None else None
+    expected = base_type(field.annotation) if field is not None else None
     if expected is int and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
         return (1,), f"{name}: {shown(value)} is out of range (a 64-bit integer)"
     if kind in _OUT_OF_BOUNDS and field is not None:
