@@ -1,6 +1,6 @@
 """Typed, strict configuration: presets, YAML files and command-line overrides.
 
-Precedence, lowest first: the dataclass defaults (the default recipe), a preset
+Precedence, lowest first: the field defaults (the default recipe), a preset
 (``alexnet_pipeline/presets/NAME.yaml``), a ``--config`` YAML file, then flags.
 Every value is checked before any work starts; an error names the field.
 
@@ -10,7 +10,6 @@ Every value is checked before any work starts; an error names the field.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -18,11 +17,25 @@ import os
 import reprlib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    AllowInfNan,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
 
 from alexnet_pipeline.errors import ConfigError
 
@@ -55,53 +68,174 @@ MAX_BATCH_SIZE = 1 << 20
 MAX_DECODE_WORKERS = 1024
 # torch.manual_seed takes at most 64 bits; epoch_seed() keeps seeds below 2**63.
 MAX_SEED = 2**63 - 1
+# Prefect's JSON parameters and torch take 64-bit integers.
+MAX_INT64 = 2**63 - 1
 SECTIONS = ("data", "model", "train")
 
 
-@dataclass
-class DataConfig:
-    dataset: Literal["cifar10", "imagefolder"] = "cifar10"
-    data_dir: str = "data"
-    # Check the CIFAR-10 archive's MD5; false accepts a modified copy.
-    verify: bool = True
-    # At most this many train and this many test images, equal per class.
-    subset: int | None = None
-    # Side of the square uint8 images kept in the cache (image folders only);
-    # None: the image size, or the images' own size when that is smaller.
-    stored_size: int | None = None
-    # Where preprocessed arrays are cached; None: <data_dir>/preprocessed.
-    cache_dir: str | None = None
-    skip_bad_images: bool = False
-    url: str = CIFAR10_URL
-    md5: str = CIFAR10_MD5
-    # Threads that decode image-folder files; None: one per CPU.
-    decode_workers: int | None = None
+# --- the declaration: every setting once, with its type, bounds and meaning ---------
+#
+# The field declarations below are the one list of settings. From them follow
+# the YAML keys, the checks (with the messages a user sees), and, for fields
+# marked Flag(): full_run's command-line flags and --help, the full_run flow's
+# typed parameters (Prefect checks a bad value before a run starts) and the
+# names a sweep may vary (see RUN_OPTIONS). Adding a setting is one field here.
 
 
-@dataclass
-class ModelConfig:
-    # "imagenet" (torchvision IMAGENET1K_V1), "none" (random init) or a path
-    # to a torchvision-format state_dict.
-    weights: str = "imagenet"
+_NO_CONST = object()
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 256
-    # None: chosen from the weights (see resolved_lr), scaled with batch size.
-    lr: float | None = None
-    weight_decay: float = 0.05
-    schedule: Literal["constant", "warmup_cosine", "onecycle"] = "warmup_cosine"
-    warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
-    # Random crop (from a reflect-padded image) and horizontal flip.
-    augment: bool = True
-    crop_padding: int = 4
-    image_size: int = 224
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    eval_batch_size: int = 1000
+@dataclass(frozen=True)
+class Flag:
+    """Marks a field as a setting of a single run, under the field's own
+    name: a flag of `flows/full_run.py` (`--field-name` unless `flag` says),
+    a parameter of the full_run flow and a key a sweep may vary. `const`: a
+    flag without a value that stores it (--no-verify); `help`: where the
+    flag reads differently from the field's description."""
+
+    flag: str | None = None
+    metavar: str | None = None
+    const: Any = _NO_CONST
+    help: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How a value beyond the field's bounds is explained: templates with
+    {value} and {limit}. None: "must be at least {limit}, got {value}" below,
+    "{value} is more than this pipeline supports ({limit})" above."""
+
+    below: str | None = None
+    above: str | None = None
+
+
+def _number(value: Any) -> Any:
+    # YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number meant.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value  # refused below as "expected a number"
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            return float(value)  # an integer beyond a double's range raises here
+        except OverflowError:
+            return math.inf
+    return value
+
+
+def _utf8(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A path given on the command line with bytes that are not UTF-8
+        # (Python keeps them as lone surrogates): it could not be recorded
+        # in checkpoints, reports or Prefect's parameters.
+        shown_value = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        raise PydanticCustomError(
+            "not_utf8", "{value} is not valid UTF-8; rename it (or link it under a UTF-8 name) and pass that",
+            {"value": _short_repr.repr(shown_value)[1:-1] if len(shown_value) > 200 else shown_value}) from None
+    return value
+
+
+# Strict: "3" is not 3 and true is not 1 (a YAML typo stays an error); the
+# same annotations type the flow's parameters, so Prefect is as strict.
+Integer = Annotated[int, Strict()]
+Number = Annotated[float, Strict(), BeforeValidator(_number), AllowInfNan(False)]
+Text = Annotated[str, Strict(), AfterValidator(_utf8)]
+Switch = Annotated[bool, Strict()]
+
+
+class _Section(BaseModel):
+    """Unknown keys and loose types refused; values never change after
+    checking (a config is shared by the tasks of a run). Built from user
+    input through config_from_dict/resolve_config, whose errors are
+    ConfigErrors; built in code (tests, benchmarks), a mistake is pydantic's
+    ValidationError."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _check(ok: bool, field: str, message: str) -> None:
+    """A check across fields, raised as pydantic's error and translated by
+    _config_error like the others."""
+    if not ok:
+        raise PydanticCustomError("cross_field", "{message}", {"field": field, "message": message})
+
+
+def _only_types(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("only_types"))
+
+
+class DataConfig(_Section):
+    dataset: Annotated[Literal["cifar10", "imagefolder"], Flag()] = Field(
+        "cifar10", description="cifar10 (downloaded into --data-dir) or imagefolder "
+                               "(DIR/train/<class>/*, DIR/test/<class>/*)")
+    data_dir: Annotated[Text, Flag(metavar="DIR")] = Field(
+        "data", description="CIFAR-10 download folder, or the image folder (train/ and test/)")
+    verify: Annotated[Switch, Flag("--no-verify", const=False,
+                                   help="accept a CIFAR-10 archive whose MD5 differs from the official one")] = Field(
+        True, description="check the CIFAR-10 archive's MD5; false accepts a modified copy")
+    subset: Annotated[Integer | None, Flag(metavar="N")] = Field(
+        None, ge=1, le=MAX_INT64, description="at most N train and N test images, equal per class")
+    stored_size: Annotated[Integer | None, Limits("must be between 8 and 1024, got {value}",
+                                                  "must be between 8 and 1024, got {value}")] = Field(
+        None, ge=8, le=1024, description="side of the square uint8 images kept in the cache (image folders only); "
+                                         "default: the image size, or the images' own size when that is smaller")
+    cache_dir: Annotated[Text | None, Flag(metavar="DIR")] = Field(
+        None, description="where preprocessed arrays go (default: DATA_DIR/preprocessed)")
+    skip_bad_images: Annotated[Switch, Flag(const=True)] = Field(
+        False, description="leave out image files that cannot be decoded (listed in the report)")
+    url: Text = Field(CIFAR10_URL, description="where the CIFAR-10 archive is downloaded from")
+    md5: Text = Field(CIFAR10_MD5, description="the CIFAR-10 archive's MD5 (checked unless verify is false)")
+    decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
+                                                     f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
+        None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: one per CPU)")
+
+
+class ModelConfig(_Section):
+    weights: Annotated[Text, Flag(metavar="imagenet|none|PATH"),
+                       Limits(below="must be 'imagenet', 'none' or a path")] = Field(
+        "imagenet", min_length=1, description="starting weights: imagenet (torchvision IMAGENET1K_V1), none "
+                                              "(random init) or the path of a torchvision-format state_dict")
+
+
+class TrainConfig(_Section):
+    epochs: Annotated[Integer, Flag(metavar="N")] = Field(
+        30, ge=1, le=MAX_EPOCHS, description="training epochs, one checkpoint each")
+    batch_size: Annotated[Integer, Flag(metavar="N")] = Field(
+        256, ge=1, le=MAX_BATCH_SIZE, description="training batch size; the default lr scales with it")
+    lr: Annotated[Number | None, Flag(), Limits(above="{value} is far too large for AdamW; try 1e-4")] = Field(
+        None, gt=0, lt=10, description="base learning rate (default: chosen from the weights)")
+    weight_decay: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
+        0.05, ge=0, description="AdamW's weight decay")
+    schedule: Literal["constant", "warmup_cosine", "onecycle"] = Field(
+        "warmup_cosine", description="learning-rate schedule")
+    warmup_epochs: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
+        1.0, ge=0, le=MAX_EPOCHS, description="epochs of linear warm-up (warmup_cosine only)")
+    label_smoothing: Annotated[Number, Limits("must be in [0, 1), got {value}", "must be in [0, 1), got {value}")] = Field(
+        0.1, ge=0, lt=1, description="label smoothing of the training loss")
+    augment: Switch = Field(True, description="random crop (from a reflect-padded image) and horizontal flip")
+    crop_padding: Annotated[Integer, Limits("must be >= 0, got {value}", "{value} is larger than any image here ({limit})")] = Field(
+        4, ge=0, le=1024, description="reflect padding, in pixels, around an image before its random crop")
+    image_size: Annotated[Integer, Flag(), Limits(
+        "{value} is too small for AlexNet; use at least {limit} (224 is standard)",
+        "{value} is larger than this pipeline supports ({limit})")] = Field(
+        224, ge=MIN_ALEXNET_IMAGE_SIZE, le=1024, description="model input side in pixels")
+    seed: Annotated[Integer, Flag(metavar="N"), Limits(f"must be between 0 and 2**63-1 ({MAX_SEED}), got {{value}}",
+                                                       f"must be between 0 and 2**63-1 ({MAX_SEED}), got {{value}}")] = Field(
+        0, ge=0, le=MAX_SEED, description="seeds the initial weights, order, augmentation and dropout")
+    device: Annotated[Literal["auto", "cpu", "cuda"], Flag()] = Field(
+        "auto", description="auto: a CUDA GPU when there is one")
+    eval_batch_size: Integer = Field(1000, ge=1, le=MAX_BATCH_SIZE, description="batch size when evaluating")
+
+    @model_validator(mode="after")
+    def _warmup_within_training(self, info: ValidationInfo) -> TrainConfig:
+        # Only warmup_cosine reads it; a warm-up past the last epoch never reaches the lr asked for.
+        if not _only_types(info):
+            _check(self.schedule != "warmup_cosine" or self.warmup_epochs <= self.epochs, "warmup_epochs",
+                   f"{self.warmup_epochs} is longer than the training ({self.epochs} epochs); use at most {self.epochs}")
+        return self
 
     def resolved_lr(self, weights: str) -> float:
         if self.lr is not None:
@@ -112,16 +246,25 @@ class TrainConfig:
         return base * self.batch_size / 256
 
 
-@dataclass
-class PipelineConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    # Run folder; None: <runs root>/<name derived from the config> (see runs_root).
-    out: str | None = None
+class PipelineConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    out: Annotated[Text | None, Flag(metavar="DIR")] = Field(
+        None, description="run folder (default: <runs root>/<name derived from the config>)")
+
+    @model_validator(mode="after")
+    def _weights_survive_a_step(self, info: ValidationInfo) -> PipelineConfig:
+        if not _only_types(info):
+            # AdamW multiplies the weights by (1 - lr * weight_decay) every step.
+            t, lr = self.train, self.train.resolved_lr(self.model.weights)
+            _check(t.weight_decay * lr < 1, "train.weight_decay",
+                   f"{t.weight_decay} times the lr ({lr}) is at least 1: every step would wipe out the weights; "
+                   "0.05 is usual")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results; the run folder follows from it."""
@@ -154,6 +297,111 @@ def runs_root() -> Path:
     return Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser()
 
 
+# --- the settings of one run: flags, flow parameters, sweep keys ---------------------
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """A field marked Flag(): `name` is its flag's, flow parameter's and
+    sweep key's name, `path` the dotted field ("train.epochs")."""
+
+    name: str
+    path: str
+    field: FieldInfo
+    flag: Flag
+
+    @property
+    def value_type(self) -> Any:
+        """The field's type with its bounds, for a flow parameter (JSON: no
+        YAML-string numbers to read, and without that step pydantic writes
+        the bounds into the JSON schema Prefect checks parameters against)."""
+        return _without_before_validators(Annotated[self.field.annotation, *self.field.metadata])
+
+    @property
+    def is_switch(self) -> bool:
+        """A flag without a value (it stores Flag.const)."""
+        return self.flag.const is not _NO_CONST
+
+    @property
+    def help(self) -> str:
+        """The flag's --help line."""
+        if self.is_switch:  # a flag without a value has no default to state
+            return self.flag.help or self.field.description
+        return self.description
+
+    @property
+    def description(self) -> str:
+        """What the setting means, with its default (the flow parameter's description)."""
+        text = self.field.description
+        return text + (f" (default: {self.field.default})" if self.field.default is not None else "")
+
+    def parse(self, text: str) -> Any:
+        """A value written as text (`--set seed=1`), read as the field's type;
+        what does not read is passed on as text, for the check to name."""
+        kind = base_type(self.field.annotation)
+        if kind is bool and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        if kind in (int, float):
+            try:
+                return kind(text)
+            except ValueError:
+                pass
+        return text
+
+
+def _without_before_validators(annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *metadata = typing.get_args(annotation)
+        kept = [m for m in metadata if not isinstance(m, BeforeValidator)]
+        inner = _without_before_validators(inner)
+        return Annotated[inner, *kept] if kept else inner
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_without_before_validators(a) for a in typing.get_args(annotation))]
+    return annotation
+
+
+def base_type(annotation: Any) -> Any:
+    """int for `Integer | None`, Literal[...] stays itself."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        else:
+            return annotation
+
+
+def _run_options() -> dict[str, RunOption]:
+    options = {}
+    sections = [(f"{name}.", f.annotation) for name, f in PipelineConfig.model_fields.items()
+                if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)]
+    for section, model in [*sections, ("", PipelineConfig)]:
+        for name, field in model.model_fields.items():
+            flag = next((m for m in field.metadata if isinstance(m, Flag)), None)
+            if flag is not None:
+                if name in options:
+                    raise TypeError(f"two settings marked Flag() are called {name!r}: {options[name].path}, {section}{name}")
+                options[name] = RunOption(name, f"{section}{name}", field, flag)
+    return options
+
+
+# Every setting of one run, in declaration order: see Flag.
+RUN_OPTIONS: dict[str, RunOption] = _run_options()
+
+
+def run_overrides(params: dict[str, Any]) -> dict[str, Any]:
+    """Run settings by name ({"epochs": 3}) as dotted overrides ({"train.epochs": 3})."""
+    unknown = sorted(set(params) - set(RUN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown setting {shown(unknown[0])}; the settings of a run are "
+                          f"{', '.join(RUN_OPTIONS)} (others go in a --config file)")
+    return {RUN_OPTIONS[name].path: value for name, value in params.items()}
+
+
+# --- pydantic's errors, in this pipeline's words --------------------------------------
+
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = _short_repr.maxother = 60
 _short_repr.maxlong = 40
@@ -167,92 +415,91 @@ def shown(value: Any) -> str:
     return _short_repr.repr(value)
 
 
-def _check_type(value: Any, annotation: Any, name: str) -> Any:
-    origin = typing.get_origin(annotation)
-    if origin is Literal:
-        choices = typing.get_args(annotation)
-        if value not in choices:
-            raise ConfigError(f"{name}: {shown(value)} is not one of {', '.join(map(repr, choices))}")
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _check_type(value, option, name)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{name}: expected true or false, got {shown(value)}")
-        return value
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{name}: expected an integer, got {shown(value)}")
-        if not -(2**63) <= value < 2**63:
-            raise ConfigError(f"{name}: {shown(value)} is out of range (a 64-bit integer)")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            # YAML 1.1 reads 1e-4 (no dot) as a string: take it as the number meant.
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"{name}: expected a number, got {shown(value)}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{name}: expected a number, got {shown(value)}")
-        try:
-            value = float(value)  # an integer beyond a double's range raises here
-        except OverflowError:
-            value = math.inf
-        if not math.isfinite(value):
-            raise ConfigError(f"{name}: must be a finite number, got {shown(value)}")
-        return value
-    if annotation is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{name}: expected a string, got {shown(value)}")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            # A path given on the command line with bytes that are not UTF-8
-            # (Python keeps them as lone surrogates): it could not be recorded
-            # in checkpoints, reports or Prefect's parameters.
-            raise ConfigError(
-                f"{name}: {value.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')} "
-                "is not valid UTF-8; rename it (or link it under a UTF-8 name) and pass that"
-            ) from None
-        return value
-    raise TypeError(f"unsupported annotation {annotation!r} for {name}")
+_UNKNOWN_KEY = {"extra_forbidden", "invalid_key"}
+_NOT_A_SECTION = {"model_type", "model_attributes_type", "dict_type"}
+_OUT_OF_BOUNDS = {"greater_than": ("below", "gt"), "greater_than_equal": ("below", "ge"),
+                  "less_than": ("above", "lt"), "less_than_equal": ("above", "le"),
+                  "string_too_short": ("below", "min_length")}
+_DEFAULT_LIMITS = {"ge": "must be at least {limit}, got {value}", "gt": "must be greater than {limit}, got {value}",
+                   "le": "{value} is more than this pipeline supports ({limit})",
+                   "lt": "{value} is more than this pipeline supports ({limit})"}
 
 
-def _build(cls: type, values: Any, prefix: str) -> Any:
+def _field_at(model: type[BaseModel], loc: tuple) -> tuple[type[BaseModel], FieldInfo | None]:
+    """The model that holds loc's last part, and that part's field (None: not a field)."""
+    field = None
+    for i, part in enumerate(loc):
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return model, None
+        if i < len(loc) - 1:
+            model = field.annotation
+    return model, field
+
+
+def _explain(error: dict, model: type[BaseModel], prefix: str) -> tuple[tuple, str]:
+    """(rank, message) of one pydantic error; the lowest rank is reported,
+    in the order the old hand-written checks ran: unknown keys and sections
+    that are not mappings, then types, then bounds, then cross-field checks."""
+    loc, kind, value = tuple(error["loc"]), error["type"], error.get("input")
+    name = prefix + ".".join(str(p) for p in loc)
+    if kind in _UNKNOWN_KEY:
+        holder = model if len(loc) == 1 else _field_at(model, loc[:-1])[1].annotation
+        key = loc[-1] if kind == "extra_forbidden" else value
+        order = (0, len(loc), 0, repr(key))  # a level's unknown keys first, sorted as text (keys may be 1, null, ...)
+        key = key if isinstance(key, str) and len(key) <= 60 else shown(key)
+        where = prefix + "".join(f"{p}." for p in loc[:-1])
+        return order, f"unknown config key {where}{key}; known keys here: {', '.join(sorted(holder.model_fields))}"
+    if kind in _NOT_A_SECTION:
+        section = name or "config"
+        return (0, len(loc), 1, ""), f"{section}: expected a mapping of settings (like `{section}: {{key: value}}`), got {shown(value)}"
+    if kind == "cross_field":
+        ctx = error["ctx"]
+        return (3,), f"{prefix}{''.join(f'{p}.' for p in loc)}{ctx['field']}: {ctx['message']}"
+    if kind == "not_utf8":
+        return (1,), f"{name}: {error['msg']}"
+    _, field = _field_at(model, loc)
+    expected = base_type(field.annotation) if field is not None else None
+    if expected is int and isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return (1,), f"{name}: {shown(value)} is out of range (a 64-bit integer)"
+    if kind in _OUT_OF_BOUNDS and field is not None:
+        side, bound = _OUT_OF_BOUNDS[kind]
+        limits = next((m for m in field.metadata if isinstance(m, Limits)), Limits())
+        template = getattr(limits, side) or _DEFAULT_LIMITS[bound]
+        limit = error.get("ctx", {}).get(bound)
+        text = str(value) if isinstance(value, (int, float)) else shown(value)
+        return (2,), f"{name}: {template.format(value=text, limit=limit)}"
+    if kind == "finite_number":
+        return (1,), f"{name}: must be a finite number, got {shown(value)}"
+    if typing.get_origin(expected) is Literal:
+        return (1,), f"{name}: {shown(value)} is not one of {', '.join(map(repr, typing.get_args(expected)))}"
+    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(expected)
+    if wanted:
+        return (1,), f"{name}: expected {wanted}, got {shown(value)}"
+    return (1,), f"{name}: {error['msg']}, got {shown(value)}"  # a kind of error this table does not know yet
+
+
+def _config_error(exc: ValidationError, model: type[BaseModel], prefix: str = "",
+                  only_types: bool = False) -> ConfigError | None:
+    """The one error to report, as a ConfigError that names the field (None:
+    only bounds were broken and `only_types` says to let them pass)."""
+    explained = sorted((order, i, message) for i, (order, message) in
+                       enumerate(_explain(e, model, prefix) for e in exc.errors(include_url=False)))
+    if only_types:
+        explained = [r for r in explained if r[0][0] < 2]
+    return ConfigError(explained[0][2]) if explained else None
+
+
+def _build(values: Any, *, only_types: bool = False) -> PipelineConfig | None:
     if not isinstance(values, dict):
-        section = prefix.rstrip(".") or "config"
-        raise ConfigError(
-            f"{section}: expected a mapping of settings (like `{section}: {{key: value}}`), got {shown(values)}"
-        )
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    # Keys may be of any YAML type (1, null, a date): sort them as text.
-    unknown = sorted(set(values) - known, key=repr)
-    if unknown:
-        key = unknown[0] if isinstance(unknown[0], str) and len(unknown[0]) <= 60 else shown(unknown[0])
-        raise ConfigError(f"unknown config key {prefix}{key}; known keys here: {', '.join(sorted(known))}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        name = f"{prefix}{f.name}"
-        if dataclasses.is_dataclass(hints[f.name]):
-            kwargs[f.name] = _build(hints[f.name], values[f.name], f"{name}.")
-        else:
-            kwargs[f.name] = _check_type(values[f.name], hints[f.name], name)
-    return cls(**kwargs)
+        raise ConfigError(f"config: expected a mapping of settings (like `config: {{key: value}}`), got {shown(values)}")
+    try:
+        return PipelineConfig.model_validate(values, context={"only_types": only_types})
+    except ValidationError as exc:
+        error = _config_error(exc, PipelineConfig, only_types=only_types)
+        if error is not None:
+            raise error from None
+    return None
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -412,75 +659,31 @@ def resolve_config(
         layers.append((None, _dotted_to_nested({k: v for k, v in overrides.items() if v is not None})))
     merged: dict = {}
     for source, values in layers:
-        # Each layer is checked on its own: a malformed section or value in a
-        # file is refused even when a flag sets the same field (merging first
-        # would let `train: fast` and the preset's train settings silently
-        # vanish under `--epochs 3`).
+        # Each layer's keys and types are checked on their own: a malformed
+        # section or value in a file is refused even when a flag sets the
+        # same field (merging first would let `train: fast` and the preset's
+        # train settings silently vanish under `--epochs 3`). Bounds and
+        # checks across fields apply to the merged result.
         try:
-            _build(PipelineConfig, values, "")
+            _build(values, only_types=True)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in {source})" if source is not None else str(exc)) from None
         merged = _merge(merged, values)
-    cfg = _build(PipelineConfig, merged, "")
-    validate(cfg)
-    return cfg
+    return config_from_dict(merged)
 
 
 def config_from_dict(values: dict) -> PipelineConfig:
-    """Rebuild a config stored in a checkpoint or passed between tasks."""
-    cfg = _build(PipelineConfig, values, "")
-    validate(cfg)
+    """Build and check a config from its dict (a checkpoint's, a merge of
+    layers): every problem is a ConfigError that names the field."""
+    cfg = _build(values)
+    if cfg.train.device == "cuda":
+        from alexnet_pipeline.device_data import resolve_device
+
+        resolve_device(cfg.train.device)
     return cfg
 
 
-def validate(cfg: PipelineConfig) -> None:
-    t, d = cfg.train, cfg.data
-    checks = [
-        (t.epochs >= 1, "train.epochs", f"must be at least 1, got {t.epochs}"),
-        (t.epochs <= MAX_EPOCHS, "train.epochs", f"{t.epochs} is more than this pipeline supports ({MAX_EPOCHS})"),
-        (t.batch_size >= 1, "train.batch_size", f"must be at least 1, got {t.batch_size}"),
-        (t.batch_size <= MAX_BATCH_SIZE, "train.batch_size",
-         f"{t.batch_size} is more than this pipeline supports ({MAX_BATCH_SIZE})"),
-        (t.eval_batch_size >= 1, "train.eval_batch_size", f"must be at least 1, got {t.eval_batch_size}"),
-        (t.eval_batch_size <= MAX_BATCH_SIZE, "train.eval_batch_size",
-         f"{t.eval_batch_size} is more than this pipeline supports ({MAX_BATCH_SIZE})"),
-        (0 <= t.seed <= MAX_SEED, "train.seed", f"must be between 0 and 2**63-1 ({MAX_SEED}), got {t.seed}"),
-        (t.lr is None or t.lr > 0, "train.lr", f"must be greater than 0, got {t.lr}"),
-        (t.lr is None or t.lr < 10, "train.lr", f"{t.lr} is far too large for AdamW; try 1e-4"),
-        (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
-        # AdamW multiplies the weights by (1 - lr * weight_decay) every step.
-        (t.weight_decay * t.resolved_lr(cfg.model.weights) < 1, "train.weight_decay",
-         f"{t.weight_decay} times the lr ({t.resolved_lr(cfg.model.weights)}) is at least 1: every step would "
-         "wipe out the weights; 0.05 is usual"),
-        (0 <= t.label_smoothing < 1, "train.label_smoothing", f"must be in [0, 1), got {t.label_smoothing}"),
-        (t.warmup_epochs >= 0, "train.warmup_epochs", f"must be >= 0, got {t.warmup_epochs}"),
-        (t.warmup_epochs <= MAX_EPOCHS, "train.warmup_epochs",
-         f"{t.warmup_epochs} is more than this pipeline supports ({MAX_EPOCHS})"),
-        # Only warmup_cosine reads it; a warm-up past the last epoch never reaches the lr asked for.
-        (t.schedule != "warmup_cosine" or t.warmup_epochs <= t.epochs, "train.warmup_epochs",
-         f"{t.warmup_epochs} is longer than the training ({t.epochs} epochs); use at most {t.epochs}"),
-        (t.crop_padding >= 0, "train.crop_padding", f"must be >= 0, got {t.crop_padding}"),
-        (t.crop_padding <= 1024, "train.crop_padding", f"{t.crop_padding} is larger than any image here (1024)"),
-        (
-            t.image_size >= MIN_ALEXNET_IMAGE_SIZE,
-            "train.image_size",
-            f"{t.image_size} is too small for AlexNet; use at least {MIN_ALEXNET_IMAGE_SIZE} (224 is standard)",
-        ),
-        (t.image_size <= 1024, "train.image_size", f"{t.image_size} is larger than this pipeline supports (1024)"),
-        (d.subset is None or d.subset >= 1, "data.subset", f"must be at least 1, got {d.subset}"),
-        (
-            d.stored_size is None or 8 <= d.stored_size <= 1024,
-            "data.stored_size",
-            f"must be between 8 and 1024, got {d.stored_size}",
-        ),
-        (d.decode_workers is None or 1 <= d.decode_workers <= MAX_DECODE_WORKERS, "data.decode_workers",
-         f"must be between 1 and {MAX_DECODE_WORKERS}, got {d.decode_workers}"),
-        (bool(cfg.model.weights), "model.weights", "must be 'imagenet', 'none' or a path"),
-    ]
-    for ok, name, message in checks:
-        if not ok:
-            raise ConfigError(f"{name}: {message}")
-    if t.device == "cuda":
-        from alexnet_pipeline.device_data import resolve_device
-
-        resolve_device(t.device)
+def resolve_run(preset: str = "default", config_file: str | Path | None = None, **settings: Any) -> PipelineConfig:
+    """The config of one run from its settings by name (RUN_OPTIONS: what
+    full_run's flags and flow parameters are called); None: not given."""
+    return resolve_config(preset, config_file, run_overrides(settings))

@@ -20,24 +20,24 @@ if __name__ == "__main__":  # a signal during the imports below (seconds) ends t
 import argparse  # noqa: E402
 import copy
 import sys
+from functools import partial
 from pathlib import Path
+
 
 import tasks  # first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
-from alexnet_pipeline.config import config_from_dict, runs_root
-from alexnet_pipeline.errors import ConfigError, PipelineError
+from alexnet_pipeline.config import RUN_OPTIONS, Text, config_from_dict, runs_root
+from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.lock import run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
-from alexnet_pipeline.report import environment, measurements
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
-from flows.interrupt import exit_on_signals, keep_signals_in_flow
-from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
+from flows.command_line import add_run_flags, describe_parameters, run_flow_command
+from flows.interrupt import keep_signals_in_flow
 from tasks import preprocess, report
-from tasks.caching import call_cached
 from tasks.checkpoint_info import describe_checkpoint
 from tasks.evaluate import evaluate_checkpoint_task
 
@@ -52,12 +52,24 @@ def local_config(config: dict, data_dir: str | None, cache_dir: str | None, devi
     return local
 
 
+# Where the data is and which device to use on this machine: the run
+# settings of the same names, their types (so Prefect checks them) and these words.
+LOCAL_HELP = {
+    "run_dir": "run folder (default: the newest under $ALEXNET_PIPELINE_RUNS_ROOT or runs/)",
+    "data_dir": "where the dataset is on this machine, if not where it was trained",
+    "cache_dir": "where preprocessed arrays are cached on this machine",
+    "device": "device to evaluate on (default: the one the run trained with)",
+}
+DataDir, CacheDir, Device = (RUN_OPTIONS[name].value_type for name in ("data_dir", "cache_dir", "device"))
+
+
 @flow(name="evaluate-latest", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@partial(describe_parameters, descriptions=LOCAL_HELP)
 def evaluate_latest(
-    run_dir: str | None = None,
-    data_dir: str | None = None,
-    cache_dir: str | None = None,
-    device: str | None = None,
+    run_dir: Text | None = None,
+    data_dir: DataDir | None = None,
+    cache_dir: CacheDir | None = None,
+    device: Device | None = None,
 ) -> dict:
     """Evaluate the checkpoints of `run_dir` (default: the newest run under the
     runs root) and rewrite its report; returns the best and final accuracy and
@@ -91,48 +103,35 @@ def evaluate_latest(
             ).result()
         # The paths recorded at training time may be another machine's; these are this one's.
         history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
-        meta = read_meta(dataset_dir)
         # This invocation trained nothing: the report keeps the training time
         # the checkpoints recorded, beside this invocation's own stages.
         timer.seconds["train (recorded in the checkpoints)"] = round(sum(h["epoch_seconds"] for h in history), 3)
-        paths = call_cached(
-            report.write_report, report.still_valid, run_dir=str(run_path), history=history, evaluations=evaluations,
-            class_names=meta["class_names"], config=config, env=environment(cfg.train.device),
-            measurements=measurements(timer.seconds, cfg.train.device), skipped_files=meta.get("skipped_files", []),
-        )
-    accuracies = [e["accuracy"] for e in evaluations]
-    best = max(range(len(accuracies)), key=accuracies.__getitem__)
-    return {"run_dir": str(run_path), "epochs": len(checkpoints), "best_epoch": history[best]["epoch"],
-            "best_test_acc": accuracies[best], "final_test_acc": accuracies[-1], **paths}
+        summary = report.report_run(str(run_path), history, evaluations, read_meta(dataset_dir), config,
+                                    cfg.train.device, timer)
+    return {**summary, "epochs": len(checkpoints)}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help="run folder (default: the newest under $ALEXNET_PIPELINE_RUNS_ROOT or runs/)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the dataset is on this machine, if not where it was trained")
-    p.add_argument("--cache-dir", metavar="DIR", help="where preprocessed arrays are cached on this machine")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"],
-                   help="device to evaluate on (default: the one the run trained with)")
+    p.add_argument("run_dir", nargs="?", help=LOCAL_HELP["run_dir"])
+    add_run_flags(p, ["data_dir", "cache_dir", "device"], help=LOCAL_HELP)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
-    tasks.command_line_reports_errors()  # printed once, as the error: line below
-    with exit_on_signals("run the same command again"):
-        try:
-            if args["run_dir"]:  # a wrong folder is reported before Prefect starts
-                run_checkpoints(args["run_dir"])
-            check_result_storage()
-            with prefect_server():
-                result = evaluate_latest(**args)
-        except PipelineError as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return exc.exit_code
-    warn_unsaved_results()
-    print(f"\n{result['epochs']} checkpoints: best test accuracy {result['best_test_acc'] * 100:.2f}% "
-          f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\nreport: {result['report.md']}")
-    return 0
+
+    def check_before_prefect_starts() -> None:
+        if args["run_dir"]:  # a wrong folder is reported before Prefect starts
+            run_checkpoints(args["run_dir"])
+
+    return run_flow_command(
+        lambda: evaluate_latest(**args),
+        lambda result: (f"\n{result['epochs']} checkpoints: best test accuracy {result['best_test_acc'] * 100:.2f}% "
+                        f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\n"
+                        f"report: {result['report.md']}"),
+        before=check_before_prefect_starts, hint="run the same command again",
+    )
 
 
 if __name__ == "__main__":

@@ -25,29 +25,29 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from alexnet_pipeline.config import load_yaml, runs_root
-from alexnet_pipeline.errors import ConfigError, PipelineError
+from alexnet_pipeline.config import RUN_OPTIONS, load_yaml, resolve_run, runs_root
+from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.ownership import claim_sweep_folder
 from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
-from flows.full_run import OVERRIDES, config_for
-from flows.interrupt import exit_on_signals, keep_signals_in_flow
-from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
+from flows.command_line import run_flow_command
+from flows.interrupt import keep_signals_in_flow
 from tasks.sweep import run_trial, write_sweep_report
 
 TRIAL_DEPLOYMENT = "full-run/on-demand"
-FULL_RUN_PARAMETERS = {"preset", "config_file", *OVERRIDES}
+# What a trial may set: full_run's parameters, which follow from the config's run settings.
+FULL_RUN_PARAMETERS = ["preset", "config_file", *RUN_OPTIONS]
 
 
 def check_trial(index: int, params: dict) -> None:
     """Reject a bad trial before any is launched, naming it. The device is
     checked where the trial runs: this machine may have no GPU."""
-    unknown = sorted(set(params) - FULL_RUN_PARAMETERS)
+    unknown = sorted(set(params) - set(FULL_RUN_PARAMETERS))
     if unknown:
         raise ConfigError(f"trial {index}: unknown parameter {unknown[0]!r}; "
                           f"full_run takes {', '.join(sorted(FULL_RUN_PARAMETERS))}")
-    rest = {k: v for k, v in params.items() if k not in ("preset", "config_file")}
+    rest = {k: v for k, v in params.items() if k not in ("preset", "config_file") and v is not None}
     try:
-        config_for(params.get("preset", "default"), params.get("config_file"), **{**rest, "device": "cpu"})
+        resolve_run(params.get("preset", "default"), params.get("config_file"), **{**rest, "device": "cpu"})
     except ConfigError as exc:
         raise ConfigError(f"trial {index}: {exc}") from None
 
@@ -91,9 +91,12 @@ def sweep(
     return {"sweep_dir": str(sweep_dir), **paths, "failed": len(failed), "trials": rows}
 
 
-def _value(text: str):
-    """Command-line value: int, float, true/false, else the string ("none"
-    stays a string: it is a value of weights)."""
+def _value(key: str, text: str):
+    """Command-line value, read as the type of the run setting `key` (so
+    `--set data_dir=2024` stays a folder name); for other keys: int, float,
+    true/false, else the string ("none" stays a string: it is a value of weights)."""
+    if key in RUN_OPTIONS:
+        return RUN_OPTIONS[key].parse(text)
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
@@ -129,37 +132,32 @@ def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL
 
     args = parse_args(argv)
-    tasks.command_line_reports_errors()  # printed once, as the error: line below
-    spec = load_yaml(Path(args.file)) if args.file else {}
-    unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
-    if unknown:
-        print(f"error: {args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out", file=sys.stderr)
-        return 2
-    grid = {**(spec.get("grid") or {}), **{k: [_value(v) for v in values.split(",")] for k, values in args.grid}}
-    base = {**(spec.get("base") or {}), **{k: _value(v) for k, v in args.set}}
-    if not PREFECT_API_URL.value():
-        print("error: a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
-              "(see README.md, \"Run on several GPU machines\")", file=sys.stderr)
-        return 2
+    request: dict = {}
+
+    def read_request() -> None:
+        spec = load_yaml(Path(args.file)) if args.file else {}
+        unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
+        if unknown:
+            raise ConfigError(f"{args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out")
+        if not PREFECT_API_URL.value():
+            raise ConfigError("a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
+                              "(see README.md, \"Run on several GPU machines\")")
+        grid = {**(spec.get("grid") or {}), **{k: [_value(k, v) for v in values.split(",")] for k, values in args.grid}}
+        base = {**(spec.get("base") or {}), **{k: _value(k, v) for k, v in args.set}}
+        request.update(trials=spec.get("trials"), grid=grid or None, base=base or None,
+                       out=args.out or spec.get("out"), deployment=args.deployment, trial_timeout_s=args.trial_timeout)
+
+    def summary(result: dict) -> str:
+        reports = ", ".join(result[name] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png") if name in result)
+        return f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\nreport: {reports}"
+
     # The trials run on workers: a stopped sweep leaves those already started running there.
-    with exit_on_signals("trials already started go on on their workers; run the same command again "
-                         "once they have ended, and finished trials are reused"):
-        try:
-            check_result_storage()
-            with prefect_server():
-                result = sweep(trials=spec.get("trials"), grid=grid or None, base=base or None,
-                               out=args.out or spec.get("out"), deployment=args.deployment,
-                               trial_timeout_s=args.trial_timeout)
-        except PipelineError as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return exc.exit_code
-        except RuntimeError as exc:  # every trial failed; the report says why
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 1
-    warn_unsaved_results()
-    print(f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\n"
-          f"report: {', '.join(result[name] for name in ('sweep.csv', 'sweep_seeds.csv', 'sweep.png') if name in result)}")
-    return 0
+    return run_flow_command(
+        lambda: sweep(**request), summary, before=read_request,
+        hint="trials already started go on on their workers; run the same command again "
+             "once they have ended, and finished trials are reused",
+        also_failures=(RuntimeError,),  # every trial failed; the report says why
+    )
 
 
 if __name__ == "__main__":

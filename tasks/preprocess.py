@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from prefect import task
@@ -28,7 +27,7 @@ def preprocess_data(data: dict, image_size: int | None, source_dir: str | None, 
 
 def preprocess_inputs(cfg: PipelineConfig) -> dict:
     """What the preprocess task is given (and so keyed on)."""
-    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in NOT_READ_BY_PREPROCESS}
+    data = cfg.data.model_dump(exclude=set(NOT_READ_BY_PREPROCESS))
     # The model's input size only matters when it picks the stored size of
     # an image folder's images; CIFAR-10 is stored at 32x32 whatever it is.
     sizes_images = cfg.data.dataset == "imagefolder" and cfg.data.stored_size is None

@@ -16,10 +16,13 @@ from alexnet_pipeline.report import (
     accuracy_figure,
     best_row,
     confusion_figure,
+    environment,
     epoch_table,
+    measurements,
     report_markdown,
 )
-from tasks.caching import across_runs
+from alexnet_pipeline.timing import StageTimer
+from tasks.caching import across_runs, call_cached
 
 # Modest: the same PNG bytes are embedded (base64) in the UI's markdown
 # artifact, about 150 KB for CIFAR-10's ten classes.
@@ -72,3 +75,19 @@ def write_report(run_dir: str, history: list[dict], evaluations: list[dict], cla
 
 def still_valid(paths: dict[str, str]) -> bool:
     return all(Path(p).is_file() for p in paths.values())
+
+
+def report_run(run_dir: str, history: list[dict], evaluations: list[dict], meta: dict, config: dict, device: str,
+               timer: StageTimer) -> dict:
+    """Write the run's report (cached) and sum the run up, as full_run and
+    evaluate-latest return it: the run folder, the best epoch by test
+    accuracy, the best and final accuracy and the report's file paths."""
+    paths = call_cached(
+        write_report, still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
+        class_names=meta["class_names"], config=config, env=environment(device),
+        measurements=measurements(timer.seconds, device), skipped_files=meta.get("skipped_files", []),
+    )
+    accuracies = [e["accuracy"] for e in evaluations]
+    best = max(range(len(accuracies)), key=accuracies.__getitem__)
+    return {"run_dir": run_dir, "best_epoch": history[best]["epoch"], "best_test_acc": accuracies[best],
+            "final_test_acc": accuracies[-1], **paths}

@@ -6,21 +6,21 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from alexnet_pipeline.config import config_from_dict
+from alexnet_pipeline.config import PipelineConfig
 from alexnet_pipeline.files import sha256_file
 from alexnet_pipeline.train import TRAIN_VERSION, EpochStats, train_run
 from tasks.caching import by_fingerprint
 
 
 @task(name="fine-tune", cache_policy=by_fingerprint("fine-tune", TRAIN_VERSION), persist_result=True)
-def fine_tune(config: dict, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
+def fine_tune(config: PipelineConfig, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
     """Train (or resume) and return one dict of stats per epoch, each naming
     its checkpoint. The library resumes from the run folder's last complete
     epoch, so a re-run after a crash redoes at most the epoch in progress.
     The cache key is `config_fingerprint`, not `config`: it covers every
     setting that changes results and what `config` only names, such as the
-    content of a --weights file."""
-    cfg = config_from_dict(config)
+    content of a --weights file. `config` is the flow's own, already checked."""
+    cfg = config
     logger = get_run_logger()
     epochs = cfg.train.epochs
     artifact = create_progress_artifact(0.0, key="training-progress", description=f"Fine-tuning {epochs} epochs")

@@ -229,6 +229,17 @@ def test_deploy_schedule_and_sweep_across_two_workers(server, cifar_data_dir):
     assert server.api("GET", "/deployments/name/evaluate-latest/evaluate-latest")["schedules"]
     assert not server.api("GET", "/deployments/name/sweep/sweep")["schedules"]
 
+    # The flow's parameters are typed from the config's fields: the server
+    # refuses a bad value before any run is created (`--param epochs=3` style).
+    schema = server.api("GET", "/deployments/name/full-run/on-demand")["parameter_openapi_schema"]["properties"]
+    assert {"type": "integer", "minimum": 1, "maximum": 100000}.items() <= schema["epochs"]["anyOf"][0].items()
+    assert schema["epochs"]["description"].startswith("training epochs")
+    for bad in (["--param", "epochs=0"], ["--param", "device=tpu"], ["--params", json.dumps({"lr": "fast"})]):
+        refused = subprocess.run([*PREFECT, "deployment", "run", "full-run/on-demand", *bad], check=False, cwd=REPO,
+                                 env=env, capture_output=True, text=True, timeout=180)
+        output = refused.stdout + refused.stderr
+        assert refused.returncode != 0 and "validation failed" in output.lower(), output
+
     smoke = {"dataset": "cifar10", "data_dir": str(cifar_data_dir), "verify": False, "weights": "none",
              "batch_size": 10, "image_size": 64, "device": "cpu"}
 
