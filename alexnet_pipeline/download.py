@@ -29,7 +29,7 @@ from pathlib import Path
 from alexnet_pipeline import faults
 from alexnet_pipeline.config import CIFAR10_MD5, CIFAR10_URL
 from alexnet_pipeline.errors import DataError
-from alexnet_pipeline.files import md5_file
+from alexnet_pipeline.integrity import md5_file
 
 log = logging.getLogger(__name__)
 
