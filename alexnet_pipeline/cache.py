@@ -11,7 +11,6 @@ complete, so a folder with the final name is always whole.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import hashlib
@@ -30,6 +29,7 @@ from alexnet_pipeline import faults
 from alexnet_pipeline.config import DataConfig
 from alexnet_pipeline.data import ImageArrays, ImageFolderSource, cifar10_fingerprint, load_cifar10_arrays
 from alexnet_pipeline.errors import DataError
+from alexnet_pipeline.files import missing_folders, remove_created_folders, under_umask
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _build_entry(final_dir: Path, fill: Callable[[Path], dict]) -> dict:
     remove_abandoned_builds(final_dir.parent)
     # Folders this call creates, removed again (if still empty) when the build
     # fails: a refused image folder leaves the tree as it was.
-    created = [d for d in [final_dir.parent, *final_dir.parent.parents] if not d.exists()]
+    created = missing_folders(final_dir.parent)
     built = False
     try:
         final_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -117,7 +117,7 @@ def _build_entry(final_dir: Path, fill: Callable[[Path], dict]) -> dict:
         # from one whose process died (the kernel released the lock).
         with open(tmp / BUILDING_NAME, "w") as building:
             fcntl.flock(building, fcntl.LOCK_EX)
-            os.chmod(tmp, 0o777 & ~_umask())
+            os.chmod(tmp, under_umask(0o777))
             meta = fill(tmp)
             (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
             (tmp / BUILDING_NAME).unlink()
@@ -139,9 +139,7 @@ def _build_entry(final_dir: Path, fill: Callable[[Path], dict]) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not built:
-            for folder in created:  # innermost first
-                with contextlib.suppress(OSError):
-                    folder.rmdir()
+            remove_created_folders(created)
 
 
 def remove_abandoned_builds(cache_root: Path) -> None:
@@ -166,12 +164,6 @@ def remove_abandoned_builds(cache_root: Path) -> None:
             continue
         log.warning("Removing %s, left by a preprocessing run that was killed", partial)
         shutil.rmtree(partial, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def preprocess(data: DataConfig, image_size: int | None, source_dir: Path | None = None, progress: bool = True) -> Path:

@@ -14,7 +14,6 @@ uses weights_only=True.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import re
 import threading
@@ -26,14 +25,13 @@ import torch
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.errors import CheckpointError
-from alexnet_pipeline.files import atomic_path, known_sha256, record_sha256, replace_durably, sha256_file
+from alexnet_pipeline.files import atomic_path, replace_durably
+from alexnet_pipeline.integrity import HashingWriter, intact, known_sha256, record_sha256
 
 log = logging.getLogger(__name__)
 
 FORMAT = "alexnet-pipeline-checkpoint/1"
 RESUME_NAME = "resume.pt"
-# The next resume state, complete, while its epoch's commit is under way.
-PENDING_RESUME_NAME = "resume.pt.next"
 # The next resume state, complete, while its epoch's commit is under way.
 PENDING_RESUME_NAME = "resume.pt.next"
 _CHECKPOINT_RE = re.compile(r"alexnet-(\d+)\.pt$")
@@ -67,28 +65,12 @@ def _os_error(exc: BaseException) -> OSError | None:
     return None
 
 
-class _HashingWriter:
-    """A file object that hashes what torch.save writes through it: the
-    checkpoint's SHA-256 without reading ~228 MB back."""
-
-    def __init__(self, f):
-        self._f = f
-        self.digest = hashlib.sha256()
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        return self._f.write(data)
-
-    def flush(self) -> None:
-        self._f.flush()
-
-
 def _write(obj: Any, tmp: Path) -> str:
     """torch.save `obj` to `tmp`; return the SHA-256 of the bytes written."""
     with open(tmp, "wb") as f:
-        writer = _HashingWriter(f)
+        writer = HashingWriter(f)
         torch.save(obj, writer)
-    return writer.digest.hexdigest()
+    return writer.hexdigest()
 
 
 def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_state: dict,
@@ -171,7 +153,7 @@ def finish_interrupted_commit(checkpoint_dir: Path) -> None:
     except (CheckpointError, KeyError, TypeError):
         pending.unlink(missing_ok=True)
         return
-    if verify_checkpoint(checkpoint_path(checkpoint_dir, epoch), expected):
+    if intact(checkpoint_path(checkpoint_dir, epoch), expected):
         replace_durably(pending, Path(checkpoint_dir) / RESUME_NAME)
         log.info("Completed the commit of epoch %d that a stopped run left unfinished", epoch)
     else:
@@ -317,10 +299,6 @@ def read_run_record(path: str | Path) -> dict | None:
     if path.name != RESUME_NAME and obj.get("format") != FORMAT:
         return None
     return {key: obj.get(key) for key in ("config", "dataset_key", "config_fingerprint")}
-
-
-def verify_checkpoint(path: Path, expected_sha256: str) -> bool:
-    return path.is_file() and sha256_file(path) == expected_sha256
 
 
 def remove_partial_files(checkpoint_dir: Path) -> None:

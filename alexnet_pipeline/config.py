@@ -276,7 +276,7 @@ class PipelineConfig(_Section):
         # weights is another run, not a cache hit.
         weights = Path(self.model.weights).expanduser()
         if self.model.weights not in ("imagenet", "none") and weights.is_file():
-            from alexnet_pipeline.files import sha256_file
+            from alexnet_pipeline.integrity import sha256_file
 
             d["model"]["weights_sha256"] = sha256_file(weights)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]

@@ -11,7 +11,6 @@ and renamed only when complete (torch.hub's downloader does that).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import lzma
@@ -29,7 +28,8 @@ from pathlib import Path
 from alexnet_pipeline import faults
 from alexnet_pipeline.config import CIFAR10_MD5, CIFAR10_URL
 from alexnet_pipeline.errors import DataError
-from alexnet_pipeline.files import md5_file
+from alexnet_pipeline.files import missing_folders, remove_created_folders
+from alexnet_pipeline.integrity import md5_file
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def _verify_batches(batches_dir: Path) -> None:
 def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
     import torch.hub
 
-    created = not data_dir.exists()
+    created = missing_folders(data_dir)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -159,9 +159,7 @@ def _download(url: str, archive: Path, data_dir: Path, progress: bool) -> None:
         torch.hub.download_url_to_file(url, str(archive), progress=progress)
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        if created:
-            with contextlib.suppress(OSError):
-                data_dir.rmdir()  # made for the download only; leave nothing behind
+        remove_created_folders(created)  # made for the download only; leave nothing behind
         if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError):
             # Writing the file failed, not the network: say so, not "offline".
             if exc.errno in DISK_FULL_ERRNOS:

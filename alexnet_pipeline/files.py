@@ -1,4 +1,4 @@
-"""File helpers shared by every stage: atomic writes and content hashes.
+"""File helpers shared by every stage: atomic writes, modes, folders.
 
 A file that a later run reads back (archive, cache, checkpoint, report) is
 written to a temporary name in the same folder, flushed to disk and renamed, so
@@ -8,92 +8,11 @@ a crash leaves either the old complete file or the new complete file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import tempfile
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, read only when nothing vouches for them:
-    a hash recorded beside the file when this pipeline wrote it (see
-    record_sha256), or one this process computed, is trusted while the file's
-    identity and times are unchanged. A re-run then checks 30 checkpoints of
-    ~228 MB in milliseconds instead of seconds."""
-    with open(path, "rb") as f:
-        # Keyed by the opened file's own stat: a file renamed over `path`
-        # meanwhile is not hashed under the old one's key.
-        key = _stat_key(path, os.fstat(f.fileno()))
-        known = _known(path, key)
-        if known is not None:
-            return known
-        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    remember_sha256(path, sha256, key)
-    return sha256
-
-
-def known_sha256(path: str | Path) -> str | None:
-    """The hash of `path` if it is known for the file as it is now (recorded
-    beside it at writing, or computed by this process since the last change),
-    else None: costs a stat() and a small read, never reading the file."""
-    try:
-        key = _stat_key(path)
-    except OSError:
-        return None
-    return _known(path, key)
-
-
-def record_sha256(path: str | Path, sha256: str) -> None:
-    """Record beside `path` (in .NAME.sha256) the hash of the bytes just
-    written to it, with the file's identity and times: later processes trust
-    it instead of reading the file, until any of them change. The change time
-    (ctime) is in the record because no program can set it back: a file
-    edited in place and given its old mtime again is still hashed anew."""
-    path = Path(path)
-    key = remember_sha256(path, sha256)
-    atomic_write_text(_record_path(path), json.dumps({"sha256": sha256, "stat": list(key[1:])}))
-
-
-def _known(path: str | Path, key: tuple) -> str | None:
-    with _known_lock:
-        known = _known_sha256.get(key)
-    if known is not None:
-        return known
-    try:
-        record = json.loads(_record_path(Path(path)).read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(record, dict) and record.get("stat") == list(key[1:]) and isinstance(record.get("sha256"), str):
-        remember_sha256(path, record["sha256"], key)
-        return record["sha256"]
-    return None
-
-
-def _record_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.sha256")
-
-
-def remember_sha256(path: str | Path, sha256: str, key: tuple | None = None) -> tuple:
-    """Remember the hash for this process; returns the stat key it is valid for."""
-    key = key or _stat_key(path)
-    with _known_lock:
-        if len(_known_sha256) >= _KNOWN_MAX:
-            _known_sha256.pop(next(iter(_known_sha256)))  # oldest first
-        _known_sha256[key] = sha256
-    return key
-
-
-def _stat_key(path: str | Path, stat: os.stat_result | None = None) -> tuple:
-    stat = stat or os.stat(path)
-    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
-
-
-_KNOWN_MAX = 4096
-_known_sha256: dict[tuple, str] = {}
-_known_lock = threading.Lock()
 
 
 def shown_path(path: str | Path) -> str:
@@ -103,45 +22,32 @@ def shown_path(path: str | Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def listing_digest(root: str | Path, paths: Iterable[str | Path]) -> str:
-    """SHA-256 over each file's path relative to `root` (its bytes, whatever
-    the encoding), size, modification time, change time (ctime) and inode.
-    Costs one stat() per file and reads nothing.
-
-    Rewriting a file changes its ctime, and unlike the modification time no
-    user call can set it back (os.utime sets ctime to now), so equal digests
-    mean no file was written, replaced, renamed, touched, chmod'ed or given a
-    new hard link in between, on any file system that keeps ctime (every
-    local Linux one, and NFS). The one gap: a file written twice within one
-    tick of the kernel's clock (a few ms), with the listing taken between the
-    two writes, i.e. files changed while a run reads them."""
-    digest = hashlib.sha256(b"listing-v1\n")
-    root = os.fsencode(root)
-    for path in paths:
-        encoded = os.fsencode(path)
-        digest.update(os.path.relpath(encoded, root) + b"\0")
-        try:
-            stat = os.stat(encoded)
-        except OSError as exc:
-            digest.update(f"unreadable:{exc.errno}\n".encode())
-            continue
-        digest.update(f"{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n".encode())
-    return digest.hexdigest()
-
-
-def md5_file(path: str | Path, chunk_size: int = 4 << 20) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _default_mode() -> int:
-    # mkstemp creates 0600 files; give the file what the user's umask allows.
+def under_umask(mode: int) -> int:
+    """`mode` less what the user's umask takes away: what open() or mkdir()
+    would have given. mkstemp and mkdtemp create 0600 and 0700 instead."""
     umask = os.umask(0)
     os.umask(umask)
-    return 0o666 & ~umask
+    return mode & ~umask
+
+
+def missing_folders(folder: str | Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost
+    first: what mkdir(parents=True) is about to create."""
+    folder = Path(folder)
+    return [d for d in (folder, *folder.parents) if not d.exists()]
+
+
+def remove_created_folders(created: Iterable[Path]) -> None:
+    """Remove again, innermost first, the folders that missing_folders()
+    listed before they were created, as far as they are still empty: a
+    refused or failed step leaves the tree as it found it."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break  # not empty (or not ours to remove): neither are its parents
 
 
 @contextlib.contextmanager
@@ -159,7 +65,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         _wait_for_exit()
     try:
         yield tmp_path
-        os.chmod(tmp_path, _default_mode())
+        os.chmod(tmp_path, under_umask(0o666))
         with open(tmp_path, "rb") as f:
             os.fsync(f.fileno())
         with _unfinished_lock:
@@ -247,7 +153,7 @@ def create_text_exclusively(path: str | Path, text: str) -> bool:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, under_umask(0o666))
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -256,7 +162,7 @@ def create_text_exclusively(path: str | Path, text: str) -> bool:
             # A filesystem without hard links (some FUSE and SMB mounts):
             # O_EXCL still decides the race, and the file is small.
             try:
-                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _default_mode())
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, under_umask(0o666))
             except FileExistsError:
                 return False
             with os.fdopen(out, "w") as f:

@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from alexnet_pipeline.errors import ConfigError, RunLockedError
+from alexnet_pipeline.files import missing_folders, remove_created_folders
 from alexnet_pipeline.ownership import (
     LOCK_NAME,
     RUN_MARKER,
@@ -92,7 +93,7 @@ def run_folder_lock(run_dir: str | Path, identity: RunIdentity | None = None) ->
     run_dir = Path(run_dir).expanduser()
     state = check_run_folder(run_dir, identity)  # reads only: a refusal leaves everything as it was
     # The folders this call creates (run_dir and missing parents, e.g. runs/).
-    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
+    created = missing_folders(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -131,11 +132,7 @@ def run_folder_lock(run_dir: str | Path, identity: RunIdentity | None = None) ->
         with contextlib.suppress(OSError):
             path.unlink()
         os.close(fd)
-        for folder in created:  # innermost first; rmdir fails (and stops) on one not empty
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_created_folders(created)
 
 
 def check_not_locked(run_dir: str | Path) -> None:

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from alexnet_pipeline.config import PipelineConfig
+from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset
 from alexnet_pipeline.download import check_cifar10_reachable
 from alexnet_pipeline.errors import ConfigError, WeightsError
 from alexnet_pipeline.model import build_alexnet, check_imagenet_weights_reachable
-from alexnet_pipeline.train import check_crop_padding
 
 
 def check_inputs(cfg: PipelineConfig) -> int:
@@ -45,6 +44,16 @@ def check_inputs(cfg: PipelineConfig) -> int:
     if weights == "imagenet":
         check_imagenet_weights_reachable()
     return count
+
+
+def check_crop_padding(t: TrainConfig, stored_side: int) -> None:
+    """Random crops come from a reflect-padded image: the padding must be
+    smaller than the image it pads."""
+    if t.augment and t.crop_padding >= stored_side:
+        raise ConfigError(
+            f"train.crop_padding: {t.crop_padding} is not smaller than the stored images' side ({stored_side} px); "
+            f"use at most {stored_side - 1} (4 is usual for 32x32 images), or augment: false"
+        )
 
 
 CIFAR10_TRAIN_IMAGES = 50_000

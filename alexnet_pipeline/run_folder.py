@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state, verify_checkpoint
+from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state
 from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.integrity import intact
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,15 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     state = load_resume_state(checkpoint_dir) or {}
     recorded = state.get("checkpoints", {})
     damaged = [p for p in found
-               if (expected := recorded.get(checkpoint_epoch(p))) and not verify_checkpoint(p, expected)]
+               if (expected := recorded.get(checkpoint_epoch(p))) and not intact(p, expected)]
     if damaged:
         log.warning("Leaving out %s: the content differs from what training wrote (damaged or replaced); "
                     "run the training command again to redo those epochs", ", ".join(p.name for p in damaged))
-    intact = [p for p in found if p not in damaged]
-    if not intact:
+    kept = [p for p in found if p not in damaged]
+    if not kept:
         raise CheckpointError(f"every checkpoint in {checkpoint_dir} differs from what training wrote; "
                               "run the training command again to redo them")
-    return intact
+    return kept
 
 
 def latest_run_dir(root: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """The training loop: data resident on the device as uint8, whole-batch
 augmentation there, bf16 autocast + channels_last on CUDA, fp32 on the CPU,
-one checkpoint per epoch written by a background thread, resume from the last
-complete epoch.
+one checkpoint per epoch written by a background thread
+(checkpoint_writer.py), resume from the last complete epoch (resume.py).
 
     from alexnet_pipeline.train import train_run
     history = train_run(cfg, dataset_dir, run_dir)   # list[EpochStats]
@@ -20,7 +20,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +30,15 @@ from torch import nn
 from alexnet_pipeline import checkpoint as ckpt_io
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
+from alexnet_pipeline.checkpoint_writer import CheckpointWriter, to_cpu, write_epoch
 from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
-from alexnet_pipeline.errors import CheckpointError, ConfigError, DeviceMemoryError, TrainingDivergedError
+from alexnet_pipeline.errors import ConfigError, DeviceMemoryError, TrainingDivergedError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, build_alexnet
-from alexnet_pipeline.ownership import RunIdentity, claim_run_folder, what_differs
+from alexnet_pipeline.ownership import RunIdentity, claim_run_folder
+from alexnet_pipeline.preflight import check_crop_padding
+from alexnet_pipeline.resume import restore_last_epoch
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 
 log = logging.getLogger(__name__)
@@ -77,96 +79,6 @@ def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> 
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _to_cpu(obj):
-    """Deep copy of a (nested) state to CPU memory, so a background thread can
-    write it while training goes on changing the originals."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().to("cpu", copy=True)
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
-
-
-class CheckpointWriter:
-    """Writes checkpoints in order on one background thread; the training loop
-    only pays for a copy of the state. `drain()` re-raises a failed write."""
-
-    def __init__(self, max_pending: int = 2):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
-        self._pending: list[Future] = []
-        # Each pending epoch holds a host copy of the weights and optimizer
-        # state (~0.7 GB for AlexNet): on a disk slower than training, wait
-        # rather than let them pile up.
-        self._max_pending = max_pending
-        # What the disk gave and what training paid for it (the run's log
-        # line "checkpoint writer: ..."): a writer slower than training shows
-        # up as waited_seconds.
-        self.waited_seconds = 0.0
-        self.write_seconds = 0.0
-        self.bytes_written = 0
-
-    def wait_for_room(self) -> None:
-        """Block until another write may be queued. Called before the host
-        copy for the next write is made, so at most `max_pending` copies
-        exist at any time."""
-        self._raise_failures()
-        started = time.perf_counter()
-        while len(self._pending) >= self._max_pending:
-            self._pending.pop(0).result()
-        self.waited_seconds += time.perf_counter() - started
-
-    def submit(self, fn: Callable, *args) -> Future:
-        """`fn` may return the number of bytes it wrote, for the statistics."""
-        self.wait_for_room()
-        future = self._pool.submit(self._timed, fn, *args)
-        self._pending.append(future)
-        return future
-
-    def _timed(self, fn: Callable, *args):
-        started = time.perf_counter()
-        written = fn(*args)
-        self.write_seconds += time.perf_counter() - started
-        if isinstance(written, int):
-            self.bytes_written += written
-        return written
-
-    def _raise_failures(self) -> None:
-        for future in [f for f in self._pending if f.done()]:
-            self._pending.remove(future)
-            future.result()
-
-    def drain(self) -> None:
-        started = time.perf_counter()
-        try:
-            for future in self._pending:
-                future.result()
-        finally:
-            self.waited_seconds += time.perf_counter() - started
-        self._pending.clear()
-
-    def summary(self, epochs: int, copy_seconds: float) -> str:
-        rate = self.bytes_written / self.write_seconds / 1e9 if self.write_seconds else 0.0
-        return (f"checkpoint writer: {epochs} epochs, {self.bytes_written / 1e9:.2f} GB written in "
-                f"{self.write_seconds:.1f} s ({rate:.2f} GB/s); training waited {self.waited_seconds:.2f} s "
-                f"for it and {copy_seconds:.2f} s copying state to the host")
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-
-
-def _write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict, resume_state: dict,
-                 written: dict[int, str], keep_in_memory: bool = True) -> int:
-    """Runs on the writer thread, which alone updates `written` (epoch ->
-    SHA-256). Returns the bytes written."""
-    resume_state["checkpoints"] = dict(written)
-    written[epoch] = ckpt_io.commit_epoch(checkpoint_dir, model_state, meta, resume_state, keep_in_memory)
-    faults.crash_point("after-checkpoint", epoch)
-    return (ckpt_io.checkpoint_path(checkpoint_dir, epoch).stat().st_size
-            + (checkpoint_dir / ckpt_io.RESUME_NAME).stat().st_size)
-
-
 def train_run(
     cfg: PipelineConfig,
     dataset_dir: Path,
@@ -205,7 +117,7 @@ def train_run(
     model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
 
-    resume_state = _resume(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler)
+    resume_state = restore_last_epoch(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler)
     history = [EpochStats(**h) for h in resume_state["history"]]
     start_epoch = resume_state["epoch"] + 1
     if start_epoch > 1:
@@ -244,15 +156,15 @@ def train_run(
                 "config_fingerprint": fingerprint,
                 "config": cfg.to_dict(),
                 "dataset_key": dataset_key,
-                "optimizer": _to_cpu(optimizer.state_dict()),
+                "optimizer": to_cpu(optimizer.state_dict()),
                 "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
-            model_state = _to_cpu(model.state_dict())
+            model_state = to_cpu(model.state_dict())
             copy_seconds += time.perf_counter() - copy_started
-            writer.submit(_write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, cuda)
+            writer.submit(write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, cuda)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         writer.drain()
@@ -270,16 +182,6 @@ def train_run(
     return [EpochStats(**h) for h in final["history"]]
 
 
-def check_crop_padding(t: TrainConfig, stored_side: int) -> None:
-    """Random crops come from a reflect-padded image: the padding must be
-    smaller than the image it pads."""
-    if t.augment and t.crop_padding >= stored_side:
-        raise ConfigError(
-            f"train.crop_padding: {t.crop_padding} is not smaller than the stored images' side ({stored_side} px); "
-            f"use at most {stored_side - 1} (4 is usual for 32x32 images), or augment: false"
-        )
-
-
 @contextlib.contextmanager
 def _out_of_memory_hint(t: TrainConfig, where: str):
     """Turn CUDA's out-of-memory error (a page of allocator statistics) into
@@ -293,51 +195,6 @@ def _out_of_memory_hint(t: TrainConfig, where: str):
             "--image-size (that starts a new run: both change the results). "
             "Other processes on the same GPU (see nvidia-smi) also take its memory."
         ) from None
-
-
-def _resume(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, optimizer, scheduler) -> dict:
-    fresh = {"epoch": 0, "history": [], "checkpoints": {}}
-    state = ckpt_io.load_resume_state(checkpoint_dir)
-    if state is None:
-        return fresh
-    # claim_run_folder has refused another run already; resume.pt is not
-    # used unless it says the same.
-    if state.get("config_fingerprint") != cfg.fingerprint() or state.get("dataset_key") != dataset_key:
-        there, now = RunIdentity.from_record(state), RunIdentity(cfg.to_dict(), dataset_key, cfg.fingerprint())
-        raise ConfigError(
-            f"{checkpoint_dir.parent} holds a run with {what_differs(there, now)}, according to "
-            f"{checkpoint_dir.name}/{ckpt_io.RESUME_NAME}; pass another --out, or delete that folder to start over"
-        )
-    epoch = state["epoch"]
-    for e in range(1, epoch + 1):
-        path = ckpt_io.checkpoint_path(checkpoint_dir, e)
-        if not ckpt_io.verify_checkpoint(path, state["checkpoints"][e]):
-            log.warning("Checkpoint %s is missing or does not match the hash recorded when it was written; "
-                        "training restarts from epoch 1", path)
-            return fresh
-    last = ckpt_io.load_checkpoint(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
-    model.load_state_dict(last["model"])
-    load_optimizer_state(optimizer, state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    return state
-
-
-def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict) -> None:
-    """optimizer.load_state_dict, made safe across devices: a run started on
-    a GPU may resume on the CPU and back (device "auto"). The saved state
-    keeps the GPU's channels_last strides and its `fused` flag; the CPU's
-    fused AdamW would pair elements of differently laid out tensors wrongly,
-    silently. So moments take their parameter's device and layout, and the
-    implementation flags stay what this device chose."""
-    chosen = [{k: g.get(k) for k in ("fused", "foreach")} for g in optimizer.param_groups]
-    optimizer.load_state_dict(saved)
-    for group, flags in zip(optimizer.param_groups, chosen):
-        group.update(flags)
-        for param in group["params"]:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if isinstance(value, torch.Tensor) and value.shape == param.shape:
-                    state[key] = torch.empty_like(param).copy_(value)
 
 
 @dataclass

@@ -14,14 +14,16 @@ class, the train split cut into the official five batches.
 from __future__ import annotations
 
 import argparse
-import io
-import pickle
-import tarfile
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.cifar_archive import write_cifar_archive  # noqa: E402
 
 
 def read_split(split_dir: Path, class_names: list[str]) -> tuple[np.ndarray, list[int], list[str]]:
@@ -42,13 +44,6 @@ def read_split(split_dir: Path, class_names: list[str]) -> tuple[np.ndarray, lis
     return images, [label for _, label in files], [p.name for p, _ in files]
 
 
-def batch(images: np.ndarray, labels: list[int], names: list[str], label: str) -> bytes:
-    # The official rows are channel-major: 1024 red, 1024 green, 1024 blue.
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return pickle.dumps({b"batch_label": label.encode(), b"labels": labels, b"data": data,
-                         b"filenames": [n.encode() for n in names]}, protocol=2)
-
-
 def main(argv: list[str] | None = None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("image_folder", type=Path, help="folder with train/<class>/ and test/<class>/")
@@ -60,20 +55,8 @@ def main(argv: list[str] | None = None) -> Path:
         class_names = cifar_order  # CIFAR-10's own label order
     train_images, train_labels, train_names = read_split(args.image_folder / "train", class_names)
     test_images, test_labels, test_names = read_split(args.image_folder / "test", class_names)
-    members = {"batches.meta": pickle.dumps({b"label_names": [n.encode() for n in class_names],
-                                             b"num_cases_per_batch": len(train_labels) // 5, b"num_vis": 3072},
-                                            protocol=2)}
-    for i, rows in enumerate(np.array_split(np.arange(len(train_labels)), 5), start=1):
-        members[f"data_batch_{i}"] = batch(train_images[rows], [train_labels[j] for j in rows],
-                                           [train_names[j] for j in rows], f"training batch {i} of 5")
-    members["test_batch"] = batch(test_images, test_labels, test_names, "testing batch 1 of 1")
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    archive = args.out_dir / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
+    archive = write_cifar_archive(args.out_dir, class_names, (train_images, train_labels, train_names),
+                                  (test_images, test_labels, test_names))
     print(f"{archive}: {len(train_labels)} train and {len(test_labels)} test images, classes {', '.join(class_names)}")
     return archive
 

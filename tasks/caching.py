@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect.cache_policies import INPUTS, TASK_SOURCE, CachePolicy
 
-from alexnet_pipeline.files import listing_digest, sha256_file
+from alexnet_pipeline.integrity import listing_digest, sha256_file
 
 
 @dataclass
@@ -33,7 +33,8 @@ class StageVersion(CachePolicy):
 
 @dataclass
 class FileContent(CachePolicy):
-    """Key on the bytes of the file named by input `param`, not on its path."""
+    """Key on the bytes of the file named by input `param`, not on its path
+    (read only when no hash recorded at writing still holds for it)."""
 
     param: str = "path"
 
@@ -45,7 +46,7 @@ class FileContent(CachePolicy):
 class SourceFiles(CachePolicy):
     """Key on the listing of the files under the input folders `params`:
     each file's relative path, size, modification time, change time (ctime)
-    and inode (files.listing_digest). No file is read, and it still changes
+    and inode (integrity.listing_digest). No file is read, and it still changes
     when an image is added, removed, rewritten or replaced, even by one of
     the same size whose modification time was set back (that sets ctime).
     A miss runs the library, which keys its cache by content."""

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from alexnet_pipeline.config import PipelineConfig
-from alexnet_pipeline.files import sha256_file
+from alexnet_pipeline.integrity import intact
 from alexnet_pipeline.train import TRAIN_VERSION, EpochStats, train_run
 from tasks.caching import by_fingerprint
 
@@ -41,8 +41,5 @@ def still_valid(history: list[dict]) -> bool:
     """Every checkpoint is still there with the bytes it was written with.
     If one is missing or damaged the task runs again: train_run finds the same
     mismatch, warns, and redoes it, so a damaged file is never evaluated."""
-    for h in history:
-        path, expected = Path(h["checkpoint"]), h.get("checkpoint_sha256")
-        if not path.is_file() or (expected and sha256_file(path) != expected):
-            return False
-    return True
+    return all(intact(h["checkpoint"], h["checkpoint_sha256"]) if h.get("checkpoint_sha256")
+               else Path(h["checkpoint"]).is_file() for h in history)

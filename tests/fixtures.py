@@ -8,12 +8,11 @@ model can learn something from a handful of them.
 from __future__ import annotations
 
 import hashlib
-import io
-import pickle
-import tarfile
 from pathlib import Path
 
 import numpy as np
+
+from tests.cifar_archive import write_cifar_archive
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -31,21 +30,9 @@ def class_images(label: int, count: int, size: int, rng: np.random.Generator, nu
     return np.clip(base[None] + noise, 0, 255).astype(np.uint8)
 
 
-def _batch(images: np.ndarray, labels: list[int], name: str) -> bytes:
-    # The official batches store rows channel-major: 1024 R, 1024 G, 1024 B.
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    return pickle.dumps({
-        b"batch_label": name.encode(),
-        b"labels": labels,
-        b"data": data,
-        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
-    }, protocol=2)
-
-
 def make_cifar_archive(folder: Path, train_per_class: int = 5, test_per_class: int = 2, seed: int = 0) -> Path:
     """Write cifar-10-python.tar.gz (5 data batches, test batch, meta) into `folder`."""
     rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
 
     def split(per_class: int):
         images = np.concatenate([class_images(c, per_class, 32, rng) for c in range(10)])
@@ -53,20 +40,7 @@ def make_cifar_archive(folder: Path, train_per_class: int = 5, test_per_class: i
         order = rng.permutation(len(labels))
         return images[order], [labels[i] for i in order]
 
-    train_images, train_labels = split(train_per_class)
-    test_images, test_labels = split(test_per_class)
-    members = {"batches.meta": pickle.dumps({b"label_names": [n.encode() for n in CLASS_NAMES],
-                                             b"num_cases_per_batch": len(train_labels) // 5, b"num_vis": 3072})}
-    for i, chunk in enumerate(np.array_split(np.arange(len(train_labels)), 5), start=1):
-        members[f"data_batch_{i}"] = _batch(train_images[chunk], [train_labels[j] for j in chunk], f"training batch {i}")
-    members["test_batch"] = _batch(test_images, test_labels, "testing batch 1")
-    archive = folder / "cifar-10-python.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, payload in members.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return archive
+    return write_cifar_archive(folder, CLASS_NAMES, split(train_per_class), split(test_per_class))
 
 
 def md5_of(path: Path) -> str:

@@ -29,7 +29,7 @@ from alexnet_pipeline.config import CIFAR10_MD5, DataConfig
 from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import CheckpointError, DataError
 from alexnet_pipeline.evaluate import evaluate_checkpoint
-from alexnet_pipeline.files import md5_file
+from alexnet_pipeline.integrity import md5_file
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, new_alexnet
 from tests.conftest import run_cli
 

@@ -32,7 +32,7 @@ import torch
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.checkpoint import PENDING_RESUME_NAME, RESUME_NAME
-from alexnet_pipeline.files import md5_file
+from alexnet_pipeline.integrity import md5_file
 from alexnet_pipeline.lock import LOCK_NAME
 from alexnet_pipeline.ownership import RUN_MARKER
 from tests.conftest import run_cli

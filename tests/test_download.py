@@ -24,6 +24,7 @@ import pytest
 from alexnet_pipeline.config import CIFAR10_MD5
 from alexnet_pipeline.download import ARCHIVE_NAME, BATCH_FILES, BATCHES_DIR_NAME, ensure_cifar10
 from alexnet_pipeline.errors import DataError
+from tests.cifar_archive import write_tar_gz
 from tests.conftest import run_cli
 from tests.fixtures import md5_of
 
@@ -312,10 +313,7 @@ def test_not_a_tar_file(tmp_path):
 def test_archive_without_the_batches(tmp_path):
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    with tarfile.open(data_dir / ARCHIVE_NAME, "w:gz") as tar:
-        info = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
-        info.size = 1
-        tar.addfile(info, io.BytesIO(b"x"))
+    write_tar_gz(data_dir / ARCHIVE_NAME, {"cifar-10-batches-py/data_batch_1": b"x"})
     with pytest.raises(DataError, match="missing batches.meta"):
         ensure_cifar10(data_dir, verify=False, progress=False)
 
@@ -394,13 +392,7 @@ def test_preflight_reports_an_unreachable_server_at_once(tmp_path, cifar_data_di
 def _archive_of(data_dir: Path, members: list[tuple[str, int]]) -> Path:
     """cifar-10-python.tar.gz in `data_dir` holding these (name, size) files of zeros."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    archive = data_dir / ARCHIVE_NAME
-    with tarfile.open(archive, "w:gz", compresslevel=9) as tar:
-        for name, size in members:
-            info = tarfile.TarInfo(name)
-            info.size = size
-            tar.addfile(info, io.BytesIO(bytes(size)))
-    return archive
+    return write_tar_gz(data_dir / ARCHIVE_NAME, {name: bytes(size) for name, size in members})
 
 
 def test_a_compression_bomb_is_refused_before_anything_is_written(tmp_path):

@@ -243,18 +243,18 @@ def test_recorded_hash_is_trusted_until_the_file_changes(tmp_path, dataset_dir, 
     import hashlib
     import os
 
-    from alexnet_pipeline import files
+    from alexnet_pipeline import integrity
 
     path = tmp_path / "alexnet-01.pt"
     sha256 = write_checkpoint(path, new_alexnet(10), dataset_dir)
-    files._known_sha256.clear()
+    integrity.forget_known_hashes()
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the file was read although its recorded hash still holds")
 
     with monkeypatch.context() as m:
         m.setattr(hashlib, "file_digest", no_reading)
-        assert files.sha256_file(path) == sha256 == files.known_sha256(path)
+        assert integrity.sha256_file(path) == sha256 == integrity.known_sha256(path)
 
     stat = path.stat()
     data = bytearray(path.read_bytes())
@@ -262,5 +262,5 @@ def test_recorded_hash_is_trusted_until_the_file_changes(tmp_path, dataset_dir, 
     path.write_bytes(bytes(data))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
-    assert files.known_sha256(path) is None
-    assert files.sha256_file(path) == sha256_of(path) != sha256
+    assert integrity.known_sha256(path) is None
+    assert integrity.sha256_file(path) == sha256_of(path) != sha256

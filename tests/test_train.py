@@ -381,7 +381,7 @@ def test_optimizer_state_saved_on_a_gpu_resumes_correctly_on_the_cpu():
     """A run started on a GPU (channels_last moments, fused AdamW) and resumed
     on the CPU must take the same optimizer step as one that stayed on the
     CPU: the CPU's fused kernel would misread channels_last moments."""
-    from alexnet_pipeline.train import load_optimizer_state
+    from alexnet_pipeline.resume import load_optimizer_state
 
     def model_and_optimizer(fused):
         torch.manual_seed(0)
@@ -449,7 +449,7 @@ def test_checkpoint_writer_lets_at_most_two_epochs_wait():
     training, the third submission waits for the oldest write to finish."""
     import threading
 
-    from alexnet_pipeline.train import CheckpointWriter
+    from alexnet_pipeline.checkpoint_writer import CheckpointWriter
 
     release = [threading.Event() for _ in range(3)]
     writer = CheckpointWriter(max_pending=2)
@@ -478,7 +478,7 @@ def test_checkpoint_writer_reports_what_the_disk_gave_and_what_training_waited(t
     bytes are the files' real sizes, and a slow write shows up as waiting."""
     import threading
 
-    from alexnet_pipeline.train import CheckpointWriter
+    from alexnet_pipeline.checkpoint_writer import CheckpointWriter
 
     writer = CheckpointWriter(max_pending=1)
     release = threading.Event()
@@ -567,7 +567,7 @@ def test_at_most_one_host_copy_of_the_state_per_allowed_pending_write(trained, d
     lock = threading.Lock()
     live, most = [0], [0]
     trained_epochs: dict[int, threading.Event] = {e: threading.Event() for e in range(1, 5)}
-    real_to_cpu, real_write, real_train_epoch = (train_module._to_cpu, train_module._write_epoch,
+    real_to_cpu, real_write, real_train_epoch = (train_module.to_cpu, train_module.write_epoch,
                                                  train_module.Trainer.train_epoch)
 
     def to_cpu(obj):
@@ -590,8 +590,8 @@ def test_at_most_one_host_copy_of_the_state_per_allowed_pending_write(trained, d
         trained_epochs[epoch].set()
         return stats
 
-    monkeypatch.setattr(train_module, "_to_cpu", to_cpu)
-    monkeypatch.setattr(train_module, "_write_epoch", write)
+    monkeypatch.setattr(train_module, "to_cpu", to_cpu)
+    monkeypatch.setattr(train_module, "write_epoch", write)
     monkeypatch.setattr(train_module.Trainer, "train_epoch", train_epoch)
     trained_epochs[4].set()  # nothing follows the third epoch's write
     train_run(make_config(dataset_dir, **{"train.epochs": 3}), dataset_dir, tmp_path / "run", progress=False)
