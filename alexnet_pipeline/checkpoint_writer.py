@@ -37,10 +37,13 @@ def to_cpu(obj):
 
 class CheckpointWriter:
     """Writes checkpoints in order on one background thread; the training loop
-    only pays for a copy of the state. `drain()` re-raises a failed write."""
+    only pays for a copy of the state. `drain()` re-raises a failed write.
+    With max_pending=0 it writes on the caller's thread instead."""
 
     def __init__(self, max_pending: int = 2):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer")
+        """`max_pending` 0: no thread; each write runs inside submit(), so
+        the state may be written as it is, without a copy."""
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-writer") if max_pending else None
         self._pending: list[Future] = []
         # Each pending epoch holds a host copy of the weights and optimizer
         # state (~0.7 GB for AlexNet): on a disk slower than training, wait
@@ -59,13 +62,21 @@ class CheckpointWriter:
         exist at any time."""
         self._raise_failures()
         started = time.perf_counter()
-        while len(self._pending) >= self._max_pending:
+        while self._pending and len(self._pending) >= self._max_pending:
             self._pending.pop(0).result()
         self.waited_seconds += time.perf_counter() - started
 
     def submit(self, fn: Callable, *args) -> Future:
         """`fn` may return the number of bytes it wrote, for the statistics."""
         self.wait_for_room()
+        if self._pool is None:
+            future: Future = Future()
+            started = time.perf_counter()
+            try:
+                future.set_result(self._timed(fn, *args))
+            finally:
+                self.waited_seconds += time.perf_counter() - started
+            return future
         future = self._pool.submit(self._timed, fn, *args)
         self._pending.append(future)
         return future
@@ -99,7 +110,8 @@ class CheckpointWriter:
                 f"for it and {copy_seconds:.2f} s copying state to the host")
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def write_epoch(checkpoint_dir: Path, epoch: int, model_state: dict, meta: dict, resume_state: dict,

@@ -136,11 +136,16 @@ def train_run(
         "torch_version": str(torch.__version__),
     }
     written = dict(resume_state["checkpoints"])
-    # On a GPU an epoch can be shorter than its write: let two wait. On the
-    # CPU the host copies share memory with training itself, and an epoch
-    # is far longer than a write: one.
-    writer = CheckpointWriter(max_pending=2 if cuda else 1)
-    copy_seconds = 0.0  # device-to-host copies of the state, paid by training
+    # On a GPU the state is copied to the host and written by a background
+    # thread while the next epochs train (an epoch can be shorter than its
+    # write: two may wait). On the CPU an epoch is far longer than its write,
+    # and a copy would be a second 0.7 GB of training state (AlexNet's
+    # weights and AdamW's moments) in the same memory: the state is written
+    # as it is, before the next epoch changes it.
+    in_background = writes_in_background(device)
+    writer = CheckpointWriter(max_pending=2 if in_background else 0)
+    snapshot = to_cpu if in_background else _as_it_is
+    copy_seconds = 0.0  # copies of the state for the writer, paid by training
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             if faults.armed("mid-epoch", epoch):
@@ -156,13 +161,13 @@ def train_run(
                 "config_fingerprint": fingerprint,
                 "config": cfg.to_dict(),
                 "dataset_key": dataset_key,
-                "optimizer": to_cpu(optimizer.state_dict()),
+                "optimizer": snapshot(optimizer.state_dict()),
                 "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
-            model_state = to_cpu(model.state_dict())
+            model_state = snapshot(model.state_dict())
             copy_seconds += time.perf_counter() - copy_started
             writer.submit(write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, cuda)
             if on_epoch_end is not None:
@@ -180,6 +185,16 @@ def train_run(
             torch.cuda.empty_cache()
     final = ckpt_io.load_resume_state(checkpoint_dir)
     return [EpochStats(**h) for h in final["history"]]
+
+
+def writes_in_background(device: torch.device) -> bool:
+    """Whether checkpoints are written from host copies on a background
+    thread (a GPU) or in place between epochs (the CPU); see train_run."""
+    return device.type == "cuda"
+
+
+def _as_it_is(state: dict) -> dict:
+    return state
 
 
 @contextlib.contextmanager
