@@ -128,8 +128,7 @@ def cifar10_fingerprint(batches_dir: Path) -> str:
         digest.update(name.encode())
         try:
             with open(batches_dir / name, "rb") as f:
-                while chunk := f.read(4 << 20):
-                    digest.update(chunk)
+                hashlib.file_digest(f, lambda: digest)  # continues `digest` with the file's bytes
         except OSError as exc:
             raise _unreadable_batch(batches_dir / name, exc) from None
     return digest.hexdigest()
@@ -288,8 +287,7 @@ class ImageFolderSource:
             digest = hashlib.sha256(os.fsencode(path.relative_to(self.root)) + f"\0{label}\0".encode())
             try:
                 with open(path, "rb") as f:
-                    while chunk := f.read(1 << 20):
-                        digest.update(chunk)
+                    hashlib.file_digest(f, lambda: digest)
             except OSError as exc:
                 digest.update(f"\0unreadable:{exc.errno}".encode())
             return digest.digest()
