@@ -288,7 +288,7 @@ def load_resume_state(checkpoint_dir: Path) -> dict | None:
 
 def read_run_record(path: str | Path) -> dict | None:
     """What a checkpoint or resume.pt says about the run that wrote it
-    ("config", "dataset_key", "config_fingerprint"; None for what it does not
+    ("config", "dataset_key", "config_fingerprint", "class_names"; None for what it does not
     record), or None when the file is missing, damaged or not this
     pipeline's. No weights are read: the tensors stay memory-mapped."""
     path = Path(path)
@@ -298,7 +298,7 @@ def read_run_record(path: str | Path) -> dict | None:
         return None
     if path.name != RESUME_NAME and obj.get("format") != FORMAT:
         return None
-    return {key: obj.get(key) for key in ("config", "dataset_key", "config_fingerprint")}
+    return {key: obj.get(key) for key in ("config", "dataset_key", "config_fingerprint", "class_names")}
 
 
 def remove_partial_files(checkpoint_dir: Path) -> None:

@@ -76,6 +76,18 @@ def accuracy_curve(run_dir: str | Path) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def classes_of_run(run_dir: str | Path) -> int | None:
+    """How many classes a run's model tells apart, as its newest checkpoint
+    records (no weights read); None if no checkpoint says."""
+    from alexnet_pipeline.checkpoint import list_checkpoints, read_run_record
+
+    for path in reversed(list_checkpoints(Path(run_dir) / "checkpoints")):
+        record = read_run_record(path)
+        if record and record.get("class_names"):
+            return len(record["class_names"])
+    return None
+
+
 def run_summary(curve: pd.DataFrame) -> dict[str, Any]:
     best = best_row(curve)
     return {"best_epoch": int(best["epoch"]), "best_test_acc": float(best["test_acc"]),

@@ -10,6 +10,7 @@ from prefect.deployments import run_deployment
 from alexnet_pipeline.files import atomic_path, atomic_write_text
 from alexnet_pipeline.sweep import (
     accuracy_curve,
+    classes_of_run,
     run_summary,
     seed_band_figure,
     seed_groups,
@@ -72,14 +73,16 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     # Trials that differ only by seed: their spread is what tells whether a
     # difference between settings means anything.
     groups = seed_groups(rows, label_keys)
+    # Chance is drawn as in each trial's own figure (trials of one sweep share the data).
+    num_classes = next((n for row in rows if row["state"] == "Completed" and (n := classes_of_run(row["run_dir"]))), None)
     if groups:
         seeds = seed_summary(groups)
         atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False))
         paths["sweep_seeds.csv"] = str(out / "sweep_seeds.csv")
         fig = seed_band_figure({label: [accuracy_curve(m["run_dir"]) for m in members]
-                                for label, members in groups.items()})
+                                for label, members in groups.items()}, num_classes)
     else:
-        fig = sweep_figure(curves)
+        fig = sweep_figure(curves, num_classes)
     with atomic_path(out / "sweep.png") as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     import matplotlib.pyplot as plt

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import matplotlib
 import pandas as pd
@@ -327,7 +328,7 @@ def test_trials_that_differ_only_by_seed_are_summarised_over_seeds():
     assert ax.get_ylim() == (0, 100)
 
 
-def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storage, tmp_path):
+def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storage, tmp_path, monkeypatch):
     """The sweep's report task, in a flow: trials lr=0.001 x seeds 0,1 and
     lr=0.01 x seed 0 give sweep.csv (one row per trial) and sweep_seeds.csv
     (one row per setting, over its seeds), and the folder stays a sweep's."""
@@ -354,6 +355,24 @@ def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storag
     def report_only():
         return write_sweep_report(str(sweep_dir), rows, ["lr", "seed"], ["lr", "seed"])
 
+    # Each trial's newest checkpoint says how many classes there are: the
+    # sweep's figure draws chance as each trial's own figure does.
+    import torch
+
+    from alexnet_pipeline.checkpoint import FORMAT
+    from alexnet_pipeline.sweep import classes_of_run
+    from tasks import sweep as sweep_tasks
+
+    for row in rows:
+        (Path(row["run_dir"]) / "checkpoints").mkdir()
+        torch.save({"format": FORMAT, "class_names": [f"c{i}" for i in range(10)], "epoch": 2},
+                   Path(row["run_dir"]) / "checkpoints" / "alexnet-02.pt")
+    assert classes_of_run(rows[0]["run_dir"]) == 10 and classes_of_run(tmp_path) is None
+    drawn_with = []
+    real_figure = sweep_tasks.seed_band_figure
+    monkeypatch.setattr(sweep_tasks, "seed_band_figure",
+                        lambda curves, num_classes=None: drawn_with.append(num_classes) or real_figure(curves, num_classes))
+
     # The task's log says where the results are (shown in the sweep's flow-run logs).
     lines: list[str] = []
     handler = logging.Handler()
@@ -365,6 +384,7 @@ def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storag
         logging.getLogger("prefect.task_runs").removeHandler(handler)
     located = [line for line in lines if line.startswith("sweep results: ")]
     assert len(located) == 1 and all(paths[name] in located[0] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png"))
+    assert drawn_with == [10]
     assert len(pd.read_csv(paths["sweep.csv"])) == 3
     seeds = pd.read_csv(paths["sweep_seeds.csv"]).set_index("group")
     assert seeds.loc["lr=0.001", "n"] == 2 and seeds.loc["lr=0.001", "best_test_acc_mean"] == pytest.approx(0.52)
