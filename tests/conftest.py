@@ -179,6 +179,7 @@ def run_main(monkeypatch, tmp_path, capsys):
 
     What main() changes for the process is put back afterwards: the
     command-line error mode of tasks, and the signal handlers (asserted)."""
+    import prefect  # noqa: F401 - imported now: importing it creates PREFECT_HOME, where a test's HOME may point
     import tasks
 
     monkeypatch.chdir(tmp_path)
