@@ -178,8 +178,9 @@ def run_main(monkeypatch, tmp_path, capsys):
     console log is captured with the rest of stderr.
 
     What main() changes for the process is put back afterwards: the
-    command-line error mode of tasks, and the signal handlers (asserted)."""
-    import prefect  # noqa: F401 - imported now: importing it creates PREFECT_HOME, where a test's HOME may point
+    command-line error mode of tasks, the start-up time the first flow run
+    reports, Prefect's console log stream, and the signal handlers (asserted)."""
+    importlib.import_module("prefect")  # now: importing it creates PREFECT_HOME, and a test may point HOME elsewhere
     import tasks
 
     monkeypatch.chdir(tmp_path)
@@ -192,6 +193,8 @@ def run_main(monkeypatch, tmp_path, capsys):
 
     def run(argv: list[str], command: str = "full_run", prefect: bool = False) -> tuple[int, str]:
         module = importlib.import_module(f"flows.{command}")
+        if hasattr(module, "_PROCESS_STARTED"):  # the start-up time the process's first flow run reports
+            monkeypatch.setattr(module, "_PROCESS_STARTED", module._PROCESS_STARTED)
         if prefect:
             from prefect.settings import PREFECT_API_URL
 
