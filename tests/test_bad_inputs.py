@@ -237,6 +237,7 @@ def _add_bad_images(folder: Path) -> list[Path]:
     return [corrupt, empty]
 
 
+@pytest.mark.slow
 def test_corrupt_and_empty_images_are_listed(tmp_path, image_folder, cli_prefect_home):
     """A real process (the exit-1 smoke test): the preprocess stage refuses,
     on the harness's server; the message, listing the files one a line,
@@ -252,6 +253,7 @@ def test_corrupt_and_empty_images_are_listed(tmp_path, image_folder, cli_prefect
     assert proc.stderr.count("\nerror: ") == 1 and "could not be decoded" not in proc.stderr.split("\nerror: ")[0]
 
 
+@pytest.mark.slow
 def test_odd_images_are_converted_and_bad_ones_skipped_with_the_flag(tmp_path, image_folder):
     from PIL import Image
 
