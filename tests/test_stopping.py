@@ -270,6 +270,9 @@ def test_a_signal_is_handled_while_the_main_thread_cannot_run_python(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys, time
         from flows.interrupt import install
+        # As in a terminal. Started under nohup (SIGHUP ignored, and inherited
+        # so), the command keeps ignoring it by design, and this test would wait.
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         install()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # for this thread only
         print("ready", flush=True)
