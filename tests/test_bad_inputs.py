@@ -14,7 +14,7 @@ and that no file was created or deleted that should not be.
   (exit 0). The other exit statuses have their process-level smoke test in
   tests/README.md's table.
 
-    pytest tests/test_bad_inputs.py              # about a minute on 2 CPUs
+    pytest tests/test_bad_inputs.py              # about a minute on 2 CPUs (was 3.5)
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ seed), the checkpoints that were complete at a crash are never written again,
 and no partial file is ever read. Damaged checkpoints (truncated, bytes
 changed) must be found by their recorded hash and redone with a warning.
 
-    pytest tests/test_crash_points.py -m slow       # about 3 minutes on 2 CPUs
+    pytest tests/test_crash_points.py -m slow       # about 2 minutes on 2 CPUs (was 4)
 
 The points are visited in the order a run meets them, each re-run armed for
 the next point: one chain of 10 killed runs and a last complete one, instead
