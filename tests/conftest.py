@@ -4,12 +4,16 @@ entries never leak between tests (the harness isolates only the database)."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -141,3 +145,95 @@ def cli_prefect_home(prefect_harness, tmp_path) -> Path:
     home.mkdir()
     (home / "profiles.toml").write_text(f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{PREFECT_API_URL.value()}"\n')
     return home
+
+
+# --- a command line's main() in this process -------------------------------------------
+
+
+@contextlib.contextmanager
+def _prefect_must_not_start():
+    raise AssertionError("the command reached Prefect: this refusal must come before Prefect starts")
+    yield  # pragma: no cover
+
+
+def _prefect_console_handlers() -> list[logging.Handler]:
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict))]
+    return [h for logger in loggers for h in getattr(logger, "handlers", []) if isinstance(h, PrefectConsoleHandler)]
+
+
+@pytest.fixture
+def run_main(monkeypatch, tmp_path, capsys):
+    """`run_main(argv, command="full_run", prefect=False)`: call
+    flows/COMMAND.py's main(argv) in this process, from tmp_path as the
+    current folder, as `python flows/COMMAND.py ARGV` would run; returns
+    (exit status, stderr). Saves the 5-10 s a new Python, torch and Prefect
+    cost per case, for refusals whose process-level behaviour (sys.exit,
+    no traceback) the command-line smoke tests cover (tests/README.md).
+
+    prefect=False: the refusal must come before Prefect starts (reaching
+    prefect_server() fails the test). prefect=True: the command runs its flow
+    on the test harness's server (request `prefect_storage`), and Prefect's
+    console log is captured with the rest of stderr.
+
+    What main() changes for the process is put back afterwards: the
+    command-line error mode of tasks, the start-up time the first flow run
+    reports, Prefect's console log stream, and the signal handlers (asserted)."""
+    importlib.import_module("prefect")  # now: importing it creates PREFECT_HOME, and a test may point HOME elsewhere
+    import tasks
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tasks, "_command_line_prints_errors", tasks._command_line_prints_errors)
+    # A harness server slow to answer under load must not end pytest itself
+    # (the server watch exits the process after the grace period).
+    monkeypatch.setenv("ALEXNET_PIPELINE_SERVER_GRACE_S", "3600")
+    handled = [signal.SIGINT, signal.SIGTERM, signal.SIGHUP]
+    handlers = {signum: signal.getsignal(signum) for signum in handled}
+
+    def run(argv: list[str], command: str = "full_run", prefect: bool = False) -> tuple[int, str]:
+        module = importlib.import_module(f"flows.{command}")
+        if hasattr(module, "_PROCESS_STARTED"):  # the start-up time the process's first flow run reports
+            monkeypatch.setattr(module, "_PROCESS_STARTED", module._PROCESS_STARTED)
+        if prefect:
+            from prefect.settings import PREFECT_API_URL
+
+            assert PREFECT_API_URL.value(), "prefect=True runs on the harness's server: request prefect_storage"
+            for handler in _prefect_console_handlers():
+                monkeypatch.setattr(handler, "stream", sys.stderr)
+                monkeypatch.setattr(handler.console, "file", sys.stderr)
+        else:
+            monkeypatch.setattr(module, "prefect_server", _prefect_must_not_start)
+        capsys.readouterr()
+        code = module.main(argv)
+        err = capsys.readouterr().err
+        assert {signum: signal.getsignal(signum) for signum in handled} == handlers, "main() left its signal handlers"
+        return code, err
+
+    yield run
+
+
+# --- a small real filesystem --------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_filesystem(tmp_path):
+    """`tiny_filesystem(size)`: mount a tmpfs of `size` bytes under tmp_path
+    and return it; skip where mounting is not allowed (needs root or
+    CAP_SYS_ADMIN)."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        point = tmp_path / f"tinyfs-{uuid.uuid4().hex[:8]}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              check=False, capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode}): "
+                        "mounting needs root or CAP_SYS_ADMIN")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)

@@ -42,22 +42,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (a flow run started by a worker, say)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, stack = [], [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.append(child)
-            stack.append(child)
-    return found
+# Every process below `pid` (a flow run started by a worker, say): the same
+# walk of /proc that deployments/single_host.py stops its parts with.
+from deployments.single_host import descendants as _descendants  # noqa: E402
 
 
 def _took(worker_log: Path, flow_run_id: str) -> bool:

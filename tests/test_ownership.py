@@ -264,18 +264,31 @@ def test_full_run_refuses_a_folder_it_did_not_make(prefect_storage, image_folder
     assert snapshot(folder) == before
 
 
+CLI_ARGS = ["--dataset", "imagefolder", "--weights", "none", "--epochs", "1", "--batch-size", "6",
+            "--image-size", "64", "--device", "cpu"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("out", ["folder", "home"])
-def test_cli_refuses_a_folder_it_did_not_make_before_any_work(tmp_path, image_folder, out):
+def test_cli_refuses_a_folder_it_did_not_make_before_any_work(tmp_path, image_folder):
+    """A real process: the exit-2 smoke test of the command line (refused
+    before Prefect starts, no traceback)."""
     folder = make_files(tmp_path / "mine", {"accuracy.csv": "mine\n", "report.md": "# mine\n", LOCK_NAME: "x"})
     before = snapshot(folder)
-    env = {"HOME": str(folder)} if out == "home" else {}
-    proc = run_cli(["--dataset", "imagefolder", "--data-dir", str(image_folder), "--weights", "none",
-                    "--epochs", "1", "--batch-size", "6", "--image-size", "64", "--device", "cpu",
-                    "--out", "~" if out == "home" else str(folder)], cwd=tmp_path, env=env, timeout=300)
+    proc = run_cli([*CLI_ARGS, "--data-dir", str(image_folder), "--out", str(folder)], cwd=tmp_path, timeout=300)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
-    assert "error: out: " in proc.stderr
-    assert ("your home folder" if out == "home" else f"no {RUN_MARKER}") in proc.stderr
+    assert "error: out: " in proc.stderr and f"no {RUN_MARKER}" in proc.stderr
+    assert snapshot(folder) == before
+    assert not (image_folder / "preprocessed").exists()  # refused before any work started
+
+
+def test_cli_refuses_the_home_folder_before_any_work(tmp_path, image_folder, monkeypatch, run_main):
+    folder = make_files(tmp_path / "mine", {"accuracy.csv": "mine\n", "report.md": "# mine\n", LOCK_NAME: "x"})
+    before = snapshot(folder)
+    monkeypatch.setenv("HOME", str(folder))
+    code, stderr = run_main([*CLI_ARGS, "--data-dir", str(image_folder), "--out", "~"])
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "error: out: " in stderr and "your home folder" in stderr
     assert snapshot(folder) == before
     assert not (image_folder / "preprocessed").exists()  # refused before any work started

@@ -5,15 +5,14 @@ gives a message that says what to do, and what was written before survives.
     pytest tests/test_runtime_failures.py
 
 The disk-full tests run twice: with a patched writer (always), and on a real
-tiny tmpfs when this user may mount one (root; skipped otherwise).
+tiny tmpfs when this user may mount one (root; skipped otherwise; the
+`tiny_filesystem` fixture is in conftest.py).
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -106,26 +105,6 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_earlier_ones(monkeypatch
     history = train_run(cfg, dataset_dir, run_dir, progress=False)
     assert [h.epoch for h in history] == [1, 2]
     assert (checkpoint_dir / "alexnet-01.pt").stat().st_mtime_ns == first.st_mtime_ns
-
-
-@pytest.fixture
-def tiny_filesystem(tmp_path):
-    """Mount a tmpfs of the given size (bytes); skip where mounting is not allowed."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"tinyfs-{uuid.uuid4().hex[:8]}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                              check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode})")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_disk_full_on_a_real_filesystem_keeps_the_earlier_checkpoints(image_folder, dataset_dir, tiny_filesystem):

@@ -5,7 +5,8 @@ Real processes and real signals: `python flows/full_run.py` in its own
 process group, signalled once its first epoch is complete. Each stop must
 take seconds, print one `interrupted:` or `error:` line and no traceback,
 exit with its own status, leave nothing half-written and the run folder
-resumable. Bounds on time are generous (the stops take 0.1-3 s here).
+resumable. Bounds on time are generous deadlines for the stop to happen
+(the stops take 0.1-3 s here; the command lines' own deadline is 10 s).
 
     pytest tests/test_stopping.py
 """
@@ -27,13 +28,16 @@ from pathlib import Path
 import pytest
 
 from alexnet_pipeline.lock import check_not_locked
+from flows.interrupt import STOP_DEADLINE_S
 from tests.conftest import REPO, run_cli
 
 # 10 images, 2 steps per epoch, 64x64: an epoch takes seconds on a CPU; 40
 # epochs keep the run busy until it is signalled.
 ARGS = ["--dataset", "cifar10", "--no-verify", "--weights", "none", "--batch-size", "5", "--subset", "10",
         "--image-size", "64", "--device", "cpu", "--seed", "3"]
-STOP_WITHIN_S = 30  # generous: the stops measured here take 0.1-3 s
+# A deadline, not a measurement: the stops take 0.1-3 s here, and a command
+# line ends itself STOP_DEADLINE_S (10 s) after a signal whatever hangs.
+STOP_WITHIN_S = 6 * STOP_DEADLINE_S
 
 
 class Run:
@@ -74,9 +78,12 @@ class Run:
             time.sleep(0.05)
 
     def wait(self, timeout: float = 120) -> float:
-        """Seconds until the process ended."""
+        """Seconds until the process ended; fails after `timeout`."""
         started = time.monotonic()
-        self.proc.wait(timeout=timeout)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the run had not ended {timeout:.0f} s later:\n{self.stderr()[-3000:]}")
         return time.monotonic() - started
 
     def server_pid(self) -> int:
@@ -126,7 +133,7 @@ def alive(pid: int) -> bool:
     return False
 
 
-def wait_until_gone(pid: int, timeout: float = 30) -> bool:
+def wait_until_gone(pid: int, timeout: float = 60) -> bool:
     deadline = time.monotonic() + timeout
     while alive(pid):
         if time.monotonic() > deadline:
@@ -176,12 +183,11 @@ def test_sigterm_to_the_process_group_stops_in_seconds_and_the_run_resumes(runs,
     run.wait_for_epoch_1()
     first = (run.out / "checkpoints" / "alexnet-01.pt").stat()
     os.killpg(run.proc.pid, signal.SIGTERM)
-    seconds = run.wait()
+    run.wait(timeout=STOP_WITHIN_S)
 
     assert_stopped_cleanly(run, 143, "interrupted")
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop"
     assert "interrupted: run the same command again to resume (stopped by SIGTERM" in run.stderr()
-    assert wait_until_gone(run.server_pid(), timeout=5)
+    assert wait_until_gone(run.server_pid(), timeout=STOP_WITHIN_S)  # stopped by the run before it exited
     flow_state, task_states = states_in_database(tmp_path / ".prefect", run.flow_run_id())
     assert flow_state == "Crashed" and "Running" not in task_states, (flow_state, task_states)
 
@@ -205,10 +211,9 @@ def test_sigint_to_the_run_alone_marks_the_flow_run_crashed(runs, cifar_data_dir
     run = runs(tmp_path, cifar_data_dir, env={"PREFECT_HOME": str(cli_prefect_home)}).start()
     run.wait_for_epoch_1()
     os.kill(run.proc.pid, signal.SIGINT)
-    seconds = run.wait()
+    run.wait(timeout=STOP_WITHIN_S)
 
     assert_stopped_cleanly(run, 130, "interrupted")
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop"
     with get_client(sync_client=True) as client:
         flow_run = client.read_flow_run(run.flow_run_id())
     assert flow_run.state.name == "Crashed" and "SIGINT" in flow_run.state.message
@@ -246,15 +251,15 @@ def test_a_second_signal_ends_the_stop_at_once(tmp_path):
             assert proc.stderr.readline() in ("\n", "")
             line = proc.stderr.readline()
             os.kill(proc.pid, signal.SIGINT)
-            started = time.monotonic()
-            stderr = proc.communicate(timeout=30)[1]
-            seconds = time.monotonic() - started
+            stderr = proc.communicate(timeout=STOP_WITHIN_S)[1]
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
     assert line.startswith("interrupted: run the same command again to resume (stopped by SIGTERM"), line + stderr
-    assert proc.returncode == 130, stderr  # SIGINT's status: the second signal ended it
-    assert "interrupted" not in stderr and seconds < STOP_WITHIN_S  # nothing more printed
+    # SIGINT's status: the second signal ended it (the first stop would end
+    # with SIGTERM's 143, at the earliest 6 s later).
+    assert proc.returncode == 130, stderr
+    assert "interrupted" not in stderr  # nothing more printed
 
 
 def test_a_signal_is_handled_while_the_main_thread_cannot_run_python(tmp_path):
@@ -265,6 +270,9 @@ def test_a_signal_is_handled_while_the_main_thread_cannot_run_python(tmp_path):
     script = textwrap.dedent("""
         import os, signal, sys, time
         from flows.interrupt import install
+        # As in a terminal. Started under nohup (SIGHUP ignored, and inherited
+        # so), the command keeps ignoring it by design, and this test would wait.
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         install()
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})  # for this thread only
         print("ready", flush=True)
@@ -276,26 +284,33 @@ def test_a_signal_is_handled_while_the_main_thread_cannot_run_python(tmp_path):
     try:
         assert proc.stdout.readline() == "ready\n"
         os.kill(proc.pid, signal.SIGHUP)
-        started = time.monotonic()
-        stdout, stderr = proc.communicate(timeout=30)
-        seconds = time.monotonic() - started
+        # Unhandled, the process would sleep on for a minute, then exit 0.
+        stdout, stderr = proc.communicate(timeout=STOP_WITHIN_S - 5)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 129, stderr
     assert "interrupted: run the same command again to resume (stopped by SIGHUP" in stderr
-    assert "not stopped" not in stdout and seconds < STOP_WITHIN_S
+    assert "not stopped" not in stdout
 
 
 def test_a_stopping_process_leaves_no_temporary_file_and_renames_none(tmp_path):
     """abandon_unfinished_files(): a file still being written is deleted, and
     its writer never renames it into place, nor starts another."""
     script = textwrap.dedent(f"""
-        import threading, time
+        import threading
         from pathlib import Path
+        from alexnet_pipeline import files
         from alexnet_pipeline.files import abandon_unfinished_files, atomic_path, atomic_write_text
         folder = Path({str(tmp_path)!r})
         writing, go_on, finished = threading.Event(), threading.Event(), []
+        parked = threading.Semaphore(0)
+
+        def park_until_exit():  # files' own wait, which also says that a writer got there
+            parked.release()
+            threading.Event().wait()
+
+        files._wait_for_exit = park_until_exit
 
         def write():
             with atomic_path(folder / "big.bin") as tmp:
@@ -304,17 +319,26 @@ def test_a_stopping_process_leaves_no_temporary_file_and_renames_none(tmp_path):
                 go_on.wait()
             finished.append("big.bin")
 
-        threading.Thread(target=write, daemon=True).start()
+        def write_late():
+            atomic_write_text(folder / "late.txt", "x")
+            finished.append("late.txt")
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
         writing.wait()
         removed = abandon_unfinished_files()
         go_on.set()
-        threading.Thread(target=lambda: atomic_write_text(folder / "late.txt", "x"), daemon=True).start()
-        time.sleep(1)
-        print([p.name.startswith(".big.bin.") for p in removed], sorted(p.name for p in folder.iterdir()), finished)
+        # Deadlines, not pauses: each wait ends as soon as its condition holds.
+        writer.join(timeout=60)  # its file gone, the writer fails, or parks, instead of renaming
+        settled = not writer.is_alive() or parked.acquire(timeout=60)
+        threading.Thread(target=write_late, daemon=True).start()
+        settled = settled and parked.acquire(timeout=60)  # the late writer parked before creating its file
+        print(settled, [p.name.startswith(".big.bin.") for p in removed], sorted(p.name for p in folder.iterdir()),
+              finished)
     """)
     done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=60)
-    assert done.stdout.strip() == "[True] [] []", done.stderr
+                          capture_output=True, text=True, timeout=180)
+    assert done.stdout.strip() == "True [True] [] []", done.stderr
 
 
 # --- a Prefect server that goes away -----------------------------------------------------
@@ -327,10 +351,9 @@ def test_the_temporary_server_killed_ends_the_run_in_seconds(runs, cifar_data_di
     run = runs(tmp_path, cifar_data_dir).start()
     run.wait_for_epoch_1()
     os.kill(run.server_pid(), signal.SIGKILL)
-    seconds = run.wait()
+    run.wait(timeout=STOP_WITHIN_S)
 
     assert_stopped_cleanly(run, 4, "error")
-    assert seconds < STOP_WITHIN_S, f"took {seconds:.1f} s to stop"
     assert re.search(r"error: the temporary Prefect server this run started at \S+ has exited \(status -9\); "
                      r"the run folder is intact: run the same command again to resume", run.stderr())
 
@@ -348,18 +371,16 @@ def test_a_lost_prefect_server_ends_the_run_after_the_grace_period(runs, cifar_d
     run.wait_for_epoch_1()
     server.kill()
     server.wait()
-    seconds = run.wait()
+    seconds = run.wait(timeout=3 + STOP_WITHIN_S)
 
     assert_stopped_cleanly(run, 4, "error")
-    assert 3 <= seconds < 3 + STOP_WITHIN_S, f"took {seconds:.1f} s to stop"
+    assert seconds >= 3, f"stopped {seconds:.1f} s after the server went, within the grace period"
     assert (f"error: lost the Prefect server at {url} (connection refused, for 3 s); the run folder is intact: "
             "run the same command again to resume") in run.stderr()
 
 
 @pytest.mark.parametrize("command", ["full_run", "evaluate", "sweep"])
-def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(command, cifar_data_dir, tmp_path, capsys):
-    import importlib
-
+def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(command, cifar_data_dir, tmp_path, run_main):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.prefect_server import _free_port
@@ -368,8 +389,7 @@ def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(command
             "evaluate": [], "sweep": ["--set", "preset=smoke", "--grid", "seed=0,1"]}[command]
     url = f"http://127.0.0.1:{_free_port()}/api"
     with temporary_settings({PREFECT_API_URL: url}):
-        code = importlib.import_module(f"flows.{command}").main(argv)
-    err = capsys.readouterr().err
+        code, err = run_main(argv, command, prefect=True)
     assert code == 4, err
     assert f"error: cannot reach the Prefect server at {url} (PREFECT_API_URL): connection refused" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
@@ -378,43 +398,19 @@ def test_an_unreachable_prefect_server_is_reported_before_the_run_starts(command
 # --- result storage that cannot be written ------------------------------------------------
 
 
-@pytest.fixture
-def tiny_filesystem(tmp_path):
-    """Mount a tmpfs of the given size (bytes); skip where mounting is not allowed."""
-    mounted = []
-
-    def mount(size: int) -> Path:
-        point = tmp_path / f"tinyfs-{uuid.uuid4().hex[:8]}"
-        point.mkdir()
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
-                              check=False, capture_output=True, text=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or done.returncode}): "
-                        "mounting needs root or CAP_SYS_ADMIN")
-        mounted.append(point)
-        return point
-
-    yield mount
-    for point in mounted:
-        subprocess.run(["umount", "-l", str(point)], check=False)
-
-
 def fill(folder: Path, leave_free: int) -> None:
     """Fill a tmpfs until `leave_free` bytes are left."""
     free = os.statvfs(folder).f_bavail * os.statvfs(folder).f_frsize
     (folder / "filler").write_bytes(b"\0" * (free - leave_free))
 
 
-def test_full_result_storage_is_an_error_before_the_run(cifar_data_dir, tmp_path, tiny_filesystem, capsys):
+def test_full_result_storage_is_an_error_before_the_run(cifar_data_dir, tmp_path, tiny_filesystem, run_main):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
-
-    from flows.full_run import main
 
     storage = tiny_filesystem(64 * 1024)
     fill(storage, 0)
     with temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(storage / "results")}):
-        code = main([*ARGS, "--epochs", "1", "--data-dir", str(cifar_data_dir), "--out", str(tmp_path / "run")])
-    err = capsys.readouterr().err
+        code, err = run_main([*ARGS, "--epochs", "1", "--data-dir", str(cifar_data_dir), "--out", str(tmp_path / "run")])
     assert code == 1, err
     assert f"error: cannot write Prefect's result storage {storage / 'results'} (No space left on device)" in err
     assert "PREFECT_LOCAL_STORAGE_PATH" in err and not (tmp_path / "run").exists()
