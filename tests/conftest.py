@@ -203,7 +203,9 @@ def run_main(monkeypatch, tmp_path, capsys):
                 monkeypatch.setattr(handler, "stream", sys.stderr)
                 monkeypatch.setattr(handler.console, "file", sys.stderr)
         else:
-            monkeypatch.setattr(module, "prefect_server", _prefect_must_not_start)
+            import flows.command_line  # runs every command's flow under prefect_server()
+
+            monkeypatch.setattr(flows.command_line, "prefect_server", _prefect_must_not_start)
         capsys.readouterr()
         code = module.main(argv)
         err = capsys.readouterr().err

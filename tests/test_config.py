@@ -333,12 +333,6 @@ def test_empty_yaml_file_changes_nothing(tmp_path):
 # --- the command line: errors before any work, exit codes, no traceback --------------
 
 
-def _main(argv, capsys):
-    from flows.full_run import main
-
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.err
 
 
 @pytest.mark.parametrize(
@@ -353,39 +347,39 @@ def _main(argv, capsys):
         (["--seed", str(10**30)], "train.seed"),
     ],
 )
-def test_cli_rejects_bad_values_with_exit_code_2(argv, field, capsys, tmp_path):
-    code, err = _main(["--weights", "none", "--out", str(tmp_path / "run"), *argv], capsys)
+def test_cli_rejects_bad_values_with_exit_code_2(argv, field, run_main, tmp_path):
+    code, err = run_main(["--weights", "none", "--out", str(tmp_path / "run"), *argv])
     assert code == 2
     assert f"error: {field}:" in err
     assert "Traceback" not in err
     assert not (tmp_path / "run").exists()  # rejected before any work
 
 
-def test_cli_missing_weights_file_fails_before_prefect_starts(capsys, tmp_path):
-    code, err = _main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "run")], capsys)
+def test_cli_missing_weights_file_fails_before_prefect_starts(run_main, tmp_path):
+    code, err = run_main(["--weights", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "run")])
     assert code == 1
     assert "missing.pth: no such file" in err and "'none'" in err
 
 
-def test_cli_malformed_config_file(capsys, tmp_path):
+def test_cli_malformed_config_file(run_main, tmp_path):
     bad = write_yaml(tmp_path / "bad.yaml", "train:\n  epochs: 2\n   lr: 1\n")
-    code, err = _main(["--config", str(bad)], capsys)
+    code, err = run_main(["--config", str(bad)])
     assert code == 2
     assert "malformed YAML" in err and "line 3" in err
 
 
-def test_cli_config_that_is_not_utf8_exits_2_naming_it(capsys, tmp_path):
+def test_cli_config_that_is_not_utf8_exits_2_naming_it(run_main, tmp_path):
     latin1 = tmp_path / "latin1.yaml"
     latin1.write_bytes(b"train:\n  epochs: 2 # \xe9\n")
-    code, err = _main(["--config", str(latin1), "--out", str(tmp_path / "run")], capsys)
+    code, err = run_main(["--config", str(latin1), "--out", str(tmp_path / "run")])
     assert code == 2 and "Traceback" not in err
     assert f"error: config file {latin1} is not UTF-8 text" in err
     assert not (tmp_path / "run").exists()
 
 
-def test_cli_wrong_type_is_an_argparse_error(capsys):
+def test_cli_wrong_type_is_an_argparse_error(run_main, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _main(["--epochs", "two"], capsys)
+        run_main(["--epochs", "two"])
     assert exit_info.value.code == 2
     assert "--epochs: invalid int value" in capsys.readouterr().err
 

@@ -19,7 +19,8 @@ from alexnet_pipeline.data import ImageFolderSource, balanced_subset, decode_ima
 from alexnet_pipeline.download import BATCH_FILES, ensure_cifar10
 from alexnet_pipeline.errors import DataError
 from tests.conftest import run_python_with_permissions_enforced
-from tests.fixtures import CLASS_NAMES, _batch, make_image_folder
+from tests.cifar_archive import cifar_batch
+from tests.fixtures import CLASS_NAMES, make_image_folder
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +52,7 @@ def test_cifar_rows_are_converted_from_channel_major_to_nhwc(tmp_path):
     folder.mkdir()
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
     for name in BATCH_FILES[1:]:
-        (folder / name).write_bytes(_batch(image, [1], name))
+        (folder / name).write_bytes(cifar_batch(image, [1], name))
     raw = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")[b"data"][0]
     assert raw[:3].tolist() == [10, 10, 10] and raw[1024] == 20  # really channel-major on disk
     arrays = load_cifar10_arrays(folder)
@@ -86,7 +87,7 @@ def test_labels_outside_the_classes_are_refused(tmp_path):
     image = np.zeros((1, 32, 32, 3), dtype=np.uint8)
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"a", b"b"]}, protocol=2))
     for name in BATCH_FILES[1:]:
-        (folder / name).write_bytes(_batch(image, [2], name))
+        (folder / name).write_bytes(cifar_batch(image, [2], name))
     with pytest.raises(DataError, match="labels outside 0..1"):
         load_cifar10_arrays(folder)
 
@@ -176,7 +177,7 @@ def test_image_folder_cache_follows_content(mixed_folder, tmp_path):
     second = preprocess(data, image_size=64, progress=False)
     assert second != first
     assert (load_arrays(second).test_images[0] == 0).all()
-    data.stored_size = 20
+    data = data.model_copy(update={"stored_size": 20})
     assert preprocess(data, image_size=64, progress=False) not in (first, second)
 
 
@@ -196,7 +197,7 @@ def test_bad_image_is_listed_or_skipped(image_folder, tmp_path):
     with pytest.raises(DataError) as err:
         preprocess(data, image_size=64, progress=False)
     assert str(bad) in str(err.value) and "--skip-bad-images" in str(err.value)
-    data.skip_bad_images = True
+    data = data.model_copy(update={"skip_bad_images": True})
     dataset_dir = preprocess(data, image_size=64, progress=False)
     arrays = load_arrays(dataset_dir)
     assert len(arrays.train_labels) == 18  # the 18 good ones
@@ -379,7 +380,7 @@ def test_file_names_that_are_not_utf8_are_hashed_decoded_and_shown_escaped(image
     shown = f"{image_folder}/train/dog/\\xff\\xfe.png"
     assert f"{shown} (UnidentifiedImageError: cannot identify image file '{shown}')" in message
     assert "caf" not in message and "\\udc" not in message
-    data.skip_bad_images = True
+    data = data.model_copy(update={"skip_bad_images": True})
     arrays = load_arrays(preprocess(data, image_size=64, progress=False))
     assert len(arrays.train_labels) == 18  # café.png decoded like any other
     assert [s.split(" (")[0] for s in arrays.skipped_files] == [f"{image_folder}/train/dog/\\xff\\xfe.png"]
@@ -455,7 +456,7 @@ def test_an_image_that_would_inflate_past_the_pixel_limit_is_a_bad_image(tmp_pat
     data = DataConfig(dataset="imagefolder", data_dir=str(folder), cache_dir=str(tmp_path / "cache"), stored_size=16)
     with pytest.raises(DataError, match=rf"{big} \(ValueError: 40x40 pixels is more than the 1,000 decoded here\)"):
         preprocess(data, image_size=64, progress=False)
-    data.skip_bad_images = True
+    data = data.model_copy(update={"skip_bad_images": True})
     assert len(load_arrays(preprocess(data, image_size=64, progress=False)).train_labels) == 18
 
 

@@ -344,8 +344,10 @@ def test_cli_offline_exits_non_zero_with_the_hint(cli_prefect_home, tmp_path):
     assert "error: could not download CIFAR-10" in result.stderr
     assert f"put {ARCHIVE_NAME}" in result.stderr and str(data_dir.resolve()) in result.stderr
     assert "Traceback" not in result.stderr
-    # Start-up (imports, Prefect) is most of this; the download fails at once.
-    assert elapsed < 60
+    # A deadline, not a measurement: start-up (imports, Prefect) is most of
+    # the time and the download fails at once, while retrying downloads
+    # (three attempts with back-off, as Prefect's retries would) take minutes.
+    assert elapsed < 240
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

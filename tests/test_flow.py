@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from alexnet_pipeline.errors import DataError
+from flows.interrupt import STOP_DEADLINE_S
 from tests.conftest import REPO, run_cli
 from tests.fixtures import sha256_of
 
@@ -305,7 +306,9 @@ def test_ctrl_c_stops_at_once_with_how_to_resume(cifar_data_dir, tmp_path):
         err.seek(0)
         stderr = err.read()
     assert proc.returncode == 130, stderr[-3000:]
-    assert seconds < 20, f"took {seconds:.0f} s to stop"
+    # A deadline, not a measurement: the command ends itself STOP_DEADLINE_S
+    # after a signal whatever hangs; this leaves room for a loaded machine.
+    assert seconds < 6 * STOP_DEADLINE_S, f"took {seconds:.0f} s to stop"
     assert "interrupted: run the same command again to resume" in stderr and "Traceback" not in stderr
     check_not_locked(out)
     assert not (out / "checkpoints" / "alexnet-40.pt").exists()

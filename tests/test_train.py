@@ -24,7 +24,7 @@ from alexnet_pipeline.checkpoint import RESUME_NAME, load_checkpoint, model_from
 from alexnet_pipeline.config import config_from_dict, resolve_config
 from alexnet_pipeline.device_data import DeviceDataset
 from alexnet_pipeline.download import ensure_cifar10
-from alexnet_pipeline.errors import CheckpointError, ConfigError
+from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 from alexnet_pipeline.ownership import RUN_MARKER
 from alexnet_pipeline.train import lr_factor, train_run
