@@ -3,7 +3,7 @@ hashing, stages re-run although their inputs did not change. Everything is
 timed from outside, as a user's shell would, on a generated image folder.
 
     python benchmarks/overhead.py            # 20,000 images, a 30-epoch tiny run (about 10 min on 2 CPUs)
-    python benchmarks/overhead.py --quick    # 1,000 images, 2 epochs (CI: checks that it runs)
+    python benchmarks/overhead.py --quick    # 300 images, 1 epoch (CI: checks that it runs)
 
 Measured, in order, all with one PREFECT_HOME (one result store), each
 command in a fresh process with Prefect's temporary server:
@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--subset", type=int, default=100, help="train/test images the runs use")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--trials", type=int, default=4)
-    p.add_argument("--quick", action="store_true", help="1,000 images, 2 epochs, 2 trials (CI)")
+    p.add_argument("--quick", action="store_true", help="300 images, 1 epoch, 2 trials (CI)")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder, removed)")
     args = p.parse_args(argv)
     if args.quick:
-        args.images, args.epochs, args.trials = 1_000, 2, 2
+        args.images, args.epochs, args.trials = 300, 1, 2
 
     work = Path(args.keep or tempfile.mkdtemp(prefix="overhead-"))
     work.mkdir(parents=True, exist_ok=True)
