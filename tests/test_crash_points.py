@@ -253,17 +253,21 @@ def test_killed_anywhere_the_run_resumes_to_the_same_result(pipeline, baseline):
     one completes. A checkpoint complete at a crash keeps its inode and
     mtime to the end (the epoch was not trained again)."""
     kept: dict[int, tuple[str, tuple[int, int]]] = {}  # epoch -> (the point after which it was complete, identity)
+    prepared = False  # download and preprocess finished by an earlier run
     for point in CASES:
         armed = point if CASES[point] is None else f"{point}:{CASES[point]}"
-        pipeline.killed_at(armed)
+        proc = pipeline.killed_at(armed)
         assert_killed_state(point, pipeline)
+        if prepared:
+            assert_data_stages_cached(proc, f"the run killed at {point}")
+        prepared = prepared or KEPT.get(point) is not None
         for epoch in KEPT.get(point, ()):
             identity = file_identity(pipeline.checkpoints / f"alexnet-{epoch:02d}.pt")
             since, first = kept.setdefault(epoch, (point, identity))
             assert identity == first, (f"alexnet-{epoch:02d}.pt, complete when the run was killed at {since}, "
                                        f"was written again by the run killed at {point}")
 
-    pipeline.complete()
+    assert_data_stages_cached(pipeline.complete(), "the completing run")
 
     assert_same_results(pipeline.out, baseline)
     for epoch, (since, identity) in kept.items():
@@ -273,6 +277,15 @@ def test_killed_anywhere_the_run_resumes_to_the_same_result(pipeline, baseline):
     assert sorted(kept) == [1, 2]
     assert partial_files(pipeline.checkpoints) == [] and not (pipeline.checkpoints / PENDING_RESUME_NAME).exists()
     assert not (pipeline.out / LOCK_NAME).exists(), "the finished run left its lock file behind"
+
+
+def assert_data_stages_cached(proc, which: str) -> None:
+    """A run after a crash does not download or preprocess again: both tasks
+    are cache hits in its log."""
+    log = (proc.stdout + proc.stderr).splitlines()
+    for stage in ("download-cifar10", "preprocess"):
+        assert any(f"Task run '{stage}-" in line and "Cached" in line for line in log), (
+            f"{stage} was not a cache hit in {which}:\n" + "\n".join(log[-40:]))
 
 
 # --- damaged checkpoints ----------------------------------------------------------------------

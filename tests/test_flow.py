@@ -9,24 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import torch
 
 from alexnet_pipeline.errors import DataError
-from tests.conftest import run_cli
 from tests.fixtures import sha256_of
 
 # 10 images (one per class), 2 steps per epoch, 2 epochs, 64x64.
 PARAMS = {"dataset": "cifar10", "verify": False, "weights": "none", "epochs": 2, "batch_size": 5, "subset": 10,
           "image_size": 64, "device": "cpu", "seed": 11}
-CLI_ARGS = ["--dataset", "cifar10", "--no-verify", "--weights", "none", "--epochs", "2", "--batch-size", "5",
-            "--subset", "10", "--image-size", "64", "--device", "cpu", "--seed", "11"]
 NUMBER_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 REQUIRED_COLUMNS = NUMBER_COLUMNS + ["epoch_seconds", "checkpoint"]
 REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
@@ -239,36 +234,6 @@ def test_default_run_folder_follows_config_and_data(prefect_storage, image_folde
     second = full_run(**params)
     assert second["run_dir"] != first["run_dir"]
     assert Path(second["report.md"]).is_file() and Path(first["report.md"]).is_file()
-
-
-@pytest.mark.slow
-def test_resume_after_kill_matches_an_uninterrupted_run(first_run, cifar_data_dir, cli_prefect_home, tmp_path):
-    out = tmp_path / "run"
-    args = [*CLI_ARGS, "--data-dir", str(cifar_data_dir), "--out", str(out)]
-    home = {"PREFECT_HOME": str(cli_prefect_home)}  # both runs share Prefect's result storage
-    killed = run_cli(args, cwd=tmp_path, env={**home, "ALEXNET_PIPELINE_CRASH_AT": "after-checkpoint:1"}, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    first = out / "checkpoints" / "alexnet-01.pt"
-    assert first.is_file() and not (out / "checkpoints" / "alexnet-02.pt").exists()
-    assert not (out / "accuracy.csv").exists()
-    stamp = file_stamps(out, ["checkpoints/alexnet-01.pt"])
-
-    resumed = run_cli(args, cwd=tmp_path, env=home, timeout=300)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    log = resumed.stdout + resumed.stderr
-    for stage in ("download-cifar10", "preprocess"):
-        assert f"Task run '{stage}-" in log
-        assert any(f"Task run '{stage}-" in line and "Cached" in line for line in log.splitlines()), stage
-    assert file_stamps(out, ["checkpoints/alexnet-01.pt"]) == stamp  # epoch 1 was not trained or written again
-
-    ours, ref = pd.read_csv(out / "accuracy.csv"), pd.read_csv(first_run.out / "accuracy.csv")
-    pd.testing.assert_frame_equal(ours[NUMBER_COLUMNS], ref[NUMBER_COLUMNS], check_exact=True)
-    final = torch.load(out / "checkpoints" / "alexnet-02.pt", weights_only=True)["model"]
-    expected = torch.load(first_run.out / "checkpoints" / "alexnet-02.pt", weights_only=True)["model"]
-    assert final.keys() == expected.keys()
-    assert all(torch.equal(final[k], expected[k]) for k in expected)
-    for name in REPORT_FILES:
-        assert (out / name).is_file()
 
 
 def test_evaluate_latest_rewrites_the_report_and_refuses_other_data(first_run, tmp_path):
