@@ -88,7 +88,7 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    create_table_artifact(table.fillna("").to_dict(orient="records"), key="sweep-results",
+    create_table_artifact(table.astype(object).fillna("").to_dict(orient="records"), key="sweep-results",
                           description=f"{sweep_dir}: one row per trial")
     get_run_logger().info("sweep results: %s", ", ".join(paths.values()))
     return paths
