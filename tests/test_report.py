@@ -389,7 +389,7 @@ def test_sweep_report_summarises_seeds_beside_the_per_trial_table(prefect_storag
     seeds = pd.read_csv(paths["sweep_seeds.csv"]).set_index("group")
     assert seeds.loc["lr=0.001", "n"] == 2 and seeds.loc["lr=0.001", "best_test_acc_mean"] == pytest.approx(0.52)
     assert seeds.loc["lr=0.001", "best_test_acc_min"] == 0.50 and seeds.loc["lr=0.01", "n"] == 1
-    assert open(paths["sweep.png"], "rb").read(4) == b"\x89PNG"
+    assert Path(paths["sweep.png"]).read_bytes()[:4] == b"\x89PNG"
     # Every file the report writes is one a sweep folder may hold.
     from alexnet_pipeline.ownership import SWEEP_FILES
 
