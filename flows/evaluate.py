@@ -23,8 +23,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
-
-import tasks  # first: sets Prefect's environment defaults before prefect is imported
+import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import tasks  # first: sets Prefect's environment defaults before prefect is imported
+import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
 from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 

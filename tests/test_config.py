@@ -437,3 +437,13 @@ def test_a_long_cpu_run_is_announced_with_its_measured_time_per_epoch():
     assert message.startswith("no GPU in use: 10,000,000 training images at 64x64 take about ")
     assert "per epoch on this CPU" in message and "for 30 epochs" in message and "--preset smoke" in message
     assert cpu_training_warning(resolve_config("smoke", overrides={"train.device": "cpu"}), 1000) is None
+
+
+def test_sweep_command_line_values_take_the_type_of_their_setting():
+    """`python flows/sweep.py --set KEY=VALUE`: a value is read as its run
+    setting's type, so a folder named 2024 stays a name and 1e-4 a number."""
+    from flows.sweep import _value
+
+    assert _value("lr", "1e-4") == 1e-4 and _value("seed", "3") == 3 and _value("skip_bad_images", "true") is True
+    assert _value("data_dir", "2024") == "2024" and _value("weights", "none") == "none"
+    assert _value("preset", "smoke") == "smoke" and _value("config_file", "2024") == "2024"
