@@ -84,10 +84,11 @@ def commit_epoch(checkpoint_dir: Path, state_dict: dict, meta: dict, resume_stat
     renames is completed by `finish_interrupted_commit` on restart, so an
     epoch whose checkpoint is on disk is never trained again.
 
-    `state_dict` must be a private copy (CPU tensors that nothing changes
-    afterwards): with `keep_in_memory` it is kept for the epoch's evaluation
-    (a GPU run; on the CPU host memory is what training itself uses, and
-    reading the file back through a memory map costs little)."""
+    `state_dict` holds CPU tensors that nothing changes while they are
+    written. With `keep_in_memory` it must be a private copy (a GPU run's
+    host copy), kept for the epoch's evaluation; on the CPU the training
+    state is written as it is, and evaluation reads the file back through a
+    memory map, which costs little."""
     checkpoint_dir = Path(checkpoint_dir)
     epoch = meta["epoch"]
     path = checkpoint_path(checkpoint_dir, epoch)

@@ -169,7 +169,8 @@ def train_run(
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
             model_state = snapshot(model.state_dict())
             copy_seconds += time.perf_counter() - copy_started
-            writer.submit(write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, cuda)
+            # Only a private copy may be kept in memory for evaluation (a GPU run's).
+            writer.submit(write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, in_background)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         writer.drain()
