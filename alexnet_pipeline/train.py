@@ -30,7 +30,7 @@ from torch import nn
 from alexnet_pipeline import checkpoint as ckpt_io
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
-from alexnet_pipeline.checkpoint_writer import CheckpointWriter, to_cpu, write_epoch
+from alexnet_pipeline.checkpoint_writer import CheckpointWriter, Snapshot, write_epoch
 from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import balanced_subset
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
@@ -136,24 +136,26 @@ def train_run(
         "torch_version": str(torch.__version__),
     }
     written = dict(resume_state["checkpoints"])
-    # On a GPU the state is copied to the host and written by a background
-    # thread while the next epochs train (an epoch can be shorter than its
-    # write: two may wait). On the CPU an epoch is far longer than its write,
-    # and a copy would be a second 0.7 GB of training state (AlexNet's
-    # weights and AdamW's moments) in the same memory: the state is written
-    # as it is, before the next epoch changes it.
+    # On a GPU a private snapshot of the state (a device-to-device copy) is
+    # taken and a background thread brings it to the host and writes it
+    # while the next epochs train (an epoch can be shorter than its write:
+    # two may wait). On the CPU an epoch is far longer than its write, and a
+    # copy would be a second 0.7 GB of training state (AlexNet's weights and
+    # AdamW's moments) in the same memory: the state is written as it is,
+    # before the next epoch changes it.
     in_background = writes_in_background(device)
     writer = CheckpointWriter(max_pending=2 if in_background else 0)
-    snapshot = to_cpu if in_background else _as_it_is
-    copy_seconds = 0.0  # copies of the state for the writer, paid by training
+    take_snapshot = Snapshot.private if in_background else Snapshot.as_it_is
+    snapshot_seconds = 0.0  # what training paid for the writer's snapshots
     try:
         for epoch in range(start_epoch, t.epochs + 1):
             if faults.armed("mid-epoch", epoch):
                 writer.drain()  # crash tests: the same state on disk every time
             with _out_of_memory_hint(t, f"epoch {epoch}"):
                 stats = trainer.train_epoch(epoch, progress)
-            writer.wait_for_room()
-            copy_started = time.perf_counter()
+                writer.wait_for_room()
+                snapshot_started = time.perf_counter()
+                state = take_snapshot({"model": model.state_dict(), "optimizer": optimizer.state_dict()})
             stats.checkpoint = str(ckpt_io.checkpoint_path(checkpoint_dir, epoch))
             history.append(stats)
             resume_state = {
@@ -161,21 +163,20 @@ def train_run(
                 "config_fingerprint": fingerprint,
                 "config": cfg.to_dict(),
                 "dataset_key": dataset_key,
-                "optimizer": snapshot(optimizer.state_dict()),
+                "optimizer": None,  # the snapshot's, filled in by the writer
                 "scheduler": scheduler.state_dict(),
                 "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}
-            model_state = snapshot(model.state_dict())
-            copy_seconds += time.perf_counter() - copy_started
+            snapshot_seconds += time.perf_counter() - snapshot_started
             # Only a private copy may be kept in memory for evaluation (a GPU run's).
-            writer.submit(write_epoch, checkpoint_dir, epoch, model_state, meta, resume_state, written, in_background)
+            writer.submit(write_epoch, checkpoint_dir, epoch, state, meta, resume_state, written, in_background)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
         writer.drain()
         if t.epochs >= start_epoch:
-            log.info(writer.summary(t.epochs - start_epoch + 1, copy_seconds))
+            log.info(writer.summary(t.epochs - start_epoch + 1, snapshot_seconds))
     finally:
         writer.close()
         # The model, optimizer and resident data reference each other: without
@@ -189,13 +190,10 @@ def train_run(
 
 
 def writes_in_background(device: torch.device) -> bool:
-    """Whether checkpoints are written from host copies on a background
-    thread (a GPU) or in place between epochs (the CPU); see train_run."""
+    """Whether checkpoints are written from private snapshots on a
+    background thread (a GPU) or in place between epochs (the CPU); see
+    train_run."""
     return device.type == "cuda"
-
-
-def _as_it_is(state: dict) -> dict:
-    return state
 
 
 @contextlib.contextmanager

@@ -493,9 +493,9 @@ def test_checkpoint_writer_reports_what_the_disk_gave_and_what_training_waited(t
     assert writer.bytes_written == 1500
     assert writer.waited_seconds >= 0.25
     assert writer.write_seconds >= 0.25
-    line = writer.summary(2, copy_seconds=0.5)
+    line = writer.summary(2, snapshot_seconds=0.5)
     assert "1500" not in line and "0.00 GB written" in line
-    assert f"training waited {writer.waited_seconds:.2f} s for it and 0.50 s copying" in line
+    assert f"training waited {writer.waited_seconds:.2f} s for it and 0.50 s taking snapshots" in line
 
     # A real run logs it: both epochs, every byte of their checkpoints counted.
     cfg, _, _ = trained
@@ -555,28 +555,29 @@ def test_epoch_commit_interrupted_between_its_files(trained, dataset_dir, tmp_pa
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
 
 
-def test_background_writes_hold_at_most_one_host_copy_per_allowed_pending_write(dataset_dir, tmp_path, monkeypatch):
-    """Each host copy of the weights and optimizer state is ~0.7 GB: with
-    background writes (a GPU run, here forced on the CPU) the copy for epoch
-    N+1 is made only once there is room for its write, so no more than two
-    copies exist at a time. Each write is held until the next epoch has
-    trained, so a copy made too early would overlap it."""
+def test_background_writes_hold_at_most_one_snapshot_per_allowed_pending_write(dataset_dir, tmp_path, monkeypatch):
+    """Each snapshot of the weights and optimizer state is ~0.7 GB (of GPU
+    memory, then of host memory): with background writes (a GPU run, here
+    forced on the CPU) the snapshot for epoch N+1 is taken only once there
+    is room for its write, so no more than two exist at a time. Each write
+    is held until the next epoch has trained, so a snapshot taken too early
+    would overlap it."""
     import threading
 
     from alexnet_pipeline import train as train_module
+    from alexnet_pipeline.checkpoint_writer import Snapshot
 
     lock = threading.Lock()
     live, most = [0], [0]
     trained_epochs: dict[int, threading.Event] = {e: threading.Event() for e in range(1, 6)}
-    real_to_cpu, real_write, real_train_epoch = (train_module.to_cpu, train_module.write_epoch,
-                                                 train_module.Trainer.train_epoch)
+    real_private, real_write, real_train_epoch = (Snapshot.private, train_module.write_epoch,
+                                                  train_module.Trainer.train_epoch)
 
-    def to_cpu(obj):
-        if isinstance(obj, dict) and "param_groups" in obj:  # the optimizer's state: once per epoch
-            with lock:
-                live[0] += 1
-                most[0] = max(most[0], live[0])
-        return real_to_cpu(obj)
+    def private(state):
+        with lock:
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+        return real_private(state)
 
     def write(checkpoint_dir, epoch, *args):
         trained_epochs[epoch + 1].wait(10)  # until the next epoch has trained (or the last write)
@@ -592,7 +593,7 @@ def test_background_writes_hold_at_most_one_host_copy_per_allowed_pending_write(
         return stats
 
     monkeypatch.setattr(train_module, "writes_in_background", lambda device: True)
-    monkeypatch.setattr(train_module, "to_cpu", to_cpu)
+    monkeypatch.setattr(Snapshot, "private", staticmethod(private))
     monkeypatch.setattr(train_module, "write_epoch", write)
     monkeypatch.setattr(train_module.Trainer, "train_epoch", train_epoch)
     trained_epochs[5].set()  # nothing follows the fourth epoch's write
@@ -600,14 +601,67 @@ def test_background_writes_hold_at_most_one_host_copy_per_allowed_pending_write(
     assert most[0] == 2 and len(history) == 4
 
 
-def test_on_the_cpu_checkpoints_are_written_in_place_without_a_host_copy(trained, dataset_dir, tmp_path, monkeypatch):
+def test_background_writes_save_the_state_of_their_own_epoch(trained, dataset_dir, tmp_path, monkeypatch):
+    """The background path (a GPU's, forced on the CPU) with every write held
+    until training has finished: each checkpoint and the resume state still
+    hold their own epoch's weights and optimizer state, not the later
+    state training went on to, and the run equals the in-place one."""
+    import threading
+
+    from alexnet_pipeline import train as train_module
+
+    cfg, ref_dir, ref_history = trained
+    training_done = threading.Event()
+    real_write, real_train_run_epochs = train_module.write_epoch, cfg.train.epochs
+
+    def held_write(*args):
+        training_done.wait(30)
+        return real_write(*args)
+
+    def on_epoch_end(stats):
+        if stats.epoch == real_train_run_epochs:
+            training_done.set()
+
+    monkeypatch.setattr(train_module, "writes_in_background", lambda device: True)
+    monkeypatch.setattr(train_module, "write_epoch", held_write)
+    history = train_run(cfg, dataset_dir, tmp_path / "run", on_epoch_end=on_epoch_end, progress=False)
+    assert numbers(history) == numbers(ref_history)
+    for epoch in range(1, real_train_run_epochs + 1):
+        ours = load_checkpoint(tmp_path / "run" / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
+        ref = load_checkpoint(ref_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
+        assert all(torch.equal(ours[k], ref[k]) for k in ref)
+    ours = torch.load(tmp_path / "run" / "checkpoints" / RESUME_NAME, weights_only=False)["optimizer"]["state"]
+    ref = torch.load(ref_dir / "checkpoints" / RESUME_NAME, weights_only=False)["optimizer"]["state"]
+    assert ours.keys() == ref.keys()
+    assert all(torch.equal(ours[i][name], ref[i][name]) for i in ref for name in ref[i])
+
+
+def test_a_private_snapshot_is_unchanged_by_later_training_and_taken_to_the_host_once():
+    from alexnet_pipeline.checkpoint_writer import Snapshot
+
+    weight = torch.ones(3)
+    state = {"model": {"w": weight}, "optimizer": {"state": {0: {"step": torch.tensor(1.0)}}, "param_groups": [{"lr": 1e-3}]}}
+    snapshot = Snapshot.private(state)
+    weight.add_(1)  # training goes on
+    state["optimizer"]["state"][0]["step"].add_(1)
+    host = snapshot.to_host()
+    assert torch.equal(host["model"]["w"], torch.ones(3))
+    assert host["optimizer"]["state"][0]["step"].item() == 1.0
+    assert host["optimizer"]["param_groups"] == [{"lr": 1e-3}]
+    with pytest.raises(RuntimeError, match="twice"):
+        snapshot.to_host()
+    live = Snapshot.as_it_is(state).to_host()
+    assert live["model"]["w"] is weight
+
+
+def test_on_the_cpu_checkpoints_are_written_in_place_without_a_copy(trained, dataset_dir, tmp_path, monkeypatch):
     """On the CPU a copy of the training state (0.7 GB for AlexNet) would
     only add to peak memory: the state is written as it is, between epochs,
     and the checkpoints are the same as ever."""
-    from alexnet_pipeline import train as train_module
+    from alexnet_pipeline.checkpoint_writer import Snapshot
 
     copies = []
-    monkeypatch.setattr(train_module, "to_cpu", lambda obj: copies.append(obj) or obj)
+    monkeypatch.setattr(Snapshot, "private", staticmethod(lambda state: copies.append(state)))
     cfg, ref_dir, ref_history = trained
     history = train_run(cfg, dataset_dir, tmp_path / "run", progress=False)
     assert copies == []
