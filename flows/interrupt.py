@@ -32,6 +32,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 EXIT_SERVER_LOST = 4
 STOP_DEADLINE_S = 10.0
@@ -44,6 +45,7 @@ class _State:
     installed = False
     api_url: str | None = None
     server: subprocess.Popen | None = None  # the temporary server this process started
+    server_log: Path | None = None  # where its output goes
     flow_run_id: str | None = None
     stopping = threading.Lock()
     wakeup: tuple[int, int] | None = None  # the pipe the kernel-level handler writes signal numbers to
@@ -105,9 +107,17 @@ def keep_signals_in_flow() -> None:
         signal.signal(signum, _on_signal)
 
 
-def set_server(api_url: str | None, server: subprocess.Popen | None) -> None:
-    """The API the run uses, and the temporary server to stop (if it started one)."""
-    _State.api_url, _State.server, _State.flow_run_id = api_url, server, None
+def set_server(api_url: str | None, server: subprocess.Popen | None, server_log: Path | None = None) -> None:
+    """The API the run uses, and the temporary server to stop (if it started one) with its log file."""
+    _State.api_url, _State.server, _State.server_log, _State.flow_run_id = api_url, server, server_log, None
+
+
+def discard_log_of_stopped_server(server: subprocess.Popen, log: Path | None) -> None:
+    """A temporary server that stopped when asked to: its log holds only
+    shutdown noise. One that crashed or had to be killed keeps its log."""
+    if log is not None and server.returncode in (0, -signal.SIGTERM):
+        with contextlib.suppress(OSError):
+            log.unlink()
 
 
 def forget_flow_run() -> None:
@@ -243,6 +253,8 @@ def _stop_server() -> None:
     for process in servers:
         if process is not None and process.poll() is None:
             stop_process(process)
+    if _State.server is not None:
+        discard_log_of_stopped_server(_State.server, _State.server_log)
 
 
 def stop_process(process: subprocess.Popen, wait_s: float = 3.0) -> None:

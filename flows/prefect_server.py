@@ -31,10 +31,12 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from alexnet_pipeline.errors import ConfigError, PipelineError
 from flows import interrupt
@@ -88,19 +90,19 @@ def prefect_server() -> Iterator[str]:
     grace = grace_seconds()
     configured = PREFECT_API_URL.value()
     if configured:
-        url, process = configured.rstrip("/"), None
+        url, process, log = configured.rstrip("/"), None, None
         problem = probe(url)
         if problem:
             raise PrefectServerError(
                 f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {problem}. "
                 "Start it, or unset PREFECT_API_URL to use a temporary local server")
     else:
-        url, process = start_temporary_server()
+        url, process, log = start_temporary_server()
     previous_env = os.environ.get("PREFECT_API_URL")
     if process is not None:
         _use_api_url(url)
-    interrupt.set_server(url, process)
-    watch = ServerWatch(url, process, grace)
+    interrupt.set_server(url, process, log)
+    watch = ServerWatch(url, process, grace, log)
     watch.start()
     try:
         yield url
@@ -114,14 +116,15 @@ def prefect_server() -> Iterator[str]:
         if process is not None:
             _drain_prefect_workers()
             interrupt.stop_process(process)
+            interrupt.discard_log_of_stopped_server(process, log)
             _use_api_url(previous_env)
         interrupt.set_server(None, None)
 
 
 class ServerWatch(threading.Thread):
-    def __init__(self, url: str, process: subprocess.Popen | None, grace: float):
+    def __init__(self, url: str, process: subprocess.Popen | None, grace: float, log: Path | None = None):
         super().__init__(name="prefect-server-watch", daemon=True)
-        self.url, self.process, self.grace = url, process, grace
+        self.url, self.process, self.grace, self.log = url, process, grace, log
         self._stopped = threading.Event()
         self._failing_since: float | None = None
 
@@ -135,7 +138,7 @@ class ServerWatch(threading.Thread):
         # poll() before lost() looks at _stopped: the run stops its server only after stop().
         if self.process is not None and self.process.poll() is not None:
             self.lost(f"the temporary Prefect server this run started at {self.url} has exited "
-                      f"(status {self.process.returncode})")
+                      f"(status {self.process.returncode}; its log: {self.log})")
         problem = probe(self.url)
         if problem is None:
             self._failing_since = None
@@ -201,42 +204,94 @@ def _is_connection_error(exc: BaseException | None) -> bool:
     return False
 
 
-def start_temporary_server(timeout: float | None = None) -> tuple[str, subprocess.Popen]:
+class TemporaryServer(NamedTuple):
+    url: str  # the API URL, .../api
+    process: subprocess.Popen
+    log: Path  # the server's own output (deleted when the run stops it)
+
+
+def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
     """Start Prefect's temporary server (the command Prefect 3's
-    SubprocessASGIServer runs) in its own session; return its API URL."""
+    SubprocessASGIServer runs) in its own session.
+
+    Its output goes to a log file in PREFECT_HOME, not to the run's
+    terminal: a server stopped while its services flush (seen on a GPU
+    machine: task_run_recorder "Error flushing 1 events" with two
+    tracebacks after a successful run) would otherwise end the run's output
+    with stack traces that are not about the run. The log's last lines are
+    in the error when the server fails to start; it is kept when the server
+    exits during a run, and deleted when the run stops it."""
     import prefect
     from prefect.logging import get_logger
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    settings = get_current_settings()
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           **get_current_settings().to_environment_variables(exclude_unset=True)}
+           **settings.to_environment_variables(exclude_unset=True)}
     env.pop("PREFECT_API_URL", None)
     deadline = time.monotonic() + timeout
     while True:
         port = _free_port()
         url = f"http://127.0.0.1:{port}/api"
-        process = subprocess.Popen(
-            [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()),
-             "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory", "prefect.server.api.server:create_app",
-             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-            env=env, start_new_session=True)
+        log = _server_log(Path(settings.home).expanduser(), port)
+        with open(log, "ab") as output:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()),
+                 "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
+                 "prefect.server.api.server:create_app",
+                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+                env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
         while process.poll() is None and probe(url, timeout=2) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
-        if process.poll() == 3:  # uvicorn's start-up failure: the port was taken meanwhile
+        if process.poll() == 3 and _port_was_taken(log) and time.monotonic() < deadline:
+            log.unlink(missing_ok=True)  # uvicorn's start-up failure (3) because the port was taken meanwhile
             continue
         if process.poll() is not None:
             raise PrefectServerError(f"the temporary Prefect server exited with status {process.returncode} while "
-                                     "starting (its messages are above)")
+                                     f"starting; its last messages:\n{_tail(log)}\n(all of them: {log})")
         if probe(url, timeout=2) is not None:
             interrupt.stop_process(process)
             raise PrefectServerError(
-                f"the temporary Prefect server did not start within {timeout:.0f} s: raise "
+                f"the temporary Prefect server did not start within {timeout:.0f} s (its log: {log}): raise "
                 "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, or start one (prefect server start) "
                 "and set PREFECT_API_URL")
         get_logger().info(f"Started a temporary Prefect server on {url.removesuffix('/api')} for this run "
                           f"(pid {process.pid}); it stops when the run ends")
-        return url, process
+        return TemporaryServer(url, process, log)
+
+
+def _server_log(folder: Path, port: int) -> Path:
+    """A new file for one server's output: PREFECT_HOME, else the temp folder."""
+    for where in (folder, Path(tempfile.gettempdir())):
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(prefix=f"temporary-server-{port}-", suffix=".log", dir=where)
+        except OSError:
+            continue
+        os.close(handle)
+        return Path(name)
+    return Path(os.devnull)
+
+
+def _port_was_taken(log: Path) -> bool:
+    try:
+        return "address already in use" in log.read_text(errors="replace").lower()
+    except OSError:
+        return False
+
+
+def _tail(log: Path, lines: int = 6) -> str:
+    """The last messages of a server's log without its tracebacks' frames
+    (the exception and the log lines around it say what went wrong)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as exc:
+        return f"  (cannot read {log}: {exc.strerror or exc})"
+    frames = ("Traceback (most recent call last)", "During handling", "The above exception")
+    messages = [line for line in text.splitlines()
+                if line.strip() and not line[0].isspace() and not any(frame in line for frame in frames)]
+    return "\n".join("  " + line for line in messages[-lines:]) or "  (none)"
 
 
 def _free_port() -> int:

@@ -188,6 +188,7 @@ def test_sigterm_to_the_process_group_stops_in_seconds_and_the_run_resumes(runs,
     assert_stopped_cleanly(run, 143, "interrupted")
     assert "interrupted: run the same command again to resume (stopped by SIGTERM" in run.stderr()
     assert wait_until_gone(run.server_pid(), timeout=STOP_WITHIN_S)  # stopped by the run before it exited
+    assert not list((tmp_path / ".prefect").glob("temporary-server-*.log"))  # stopped as asked: log deleted
     flow_state, task_states = states_in_database(tmp_path / ".prefect", run.flow_run_id())
     assert flow_state == "Crashed" and "Running" not in task_states, (flow_state, task_states)
 
@@ -354,8 +355,10 @@ def test_the_temporary_server_killed_ends_the_run_in_seconds(runs, cifar_data_di
     run.wait(timeout=STOP_WITHIN_S)
 
     assert_stopped_cleanly(run, 4, "error")
-    assert re.search(r"error: the temporary Prefect server this run started at \S+ has exited \(status -9\); "
-                     r"the run folder is intact: run the same command again to resume", run.stderr())
+    found = re.search(r"error: the temporary Prefect server this run started at \S+ has exited "
+                      r"\(status -9; its log: (\S+\.log)\); the run folder is intact: "
+                      r"run the same command again to resume", run.stderr())
+    assert found and Path(found[1]).is_file()  # kept: a server that died is worth looking into
 
 
 @pytest.mark.slow
@@ -365,7 +368,7 @@ def test_a_lost_prefect_server_ends_the_run_after_the_grace_period(runs, cifar_d
     back, then stops with one line naming it, exit 4."""
     from flows.prefect_server import start_temporary_server
 
-    url, server = start_temporary_server()
+    url, server, _ = start_temporary_server()
     runs.also_kill(server.pid)
     run = runs(tmp_path, cifar_data_dir, env={"PREFECT_API_URL": url, "ALEXNET_PIPELINE_SERVER_GRACE_S": "3"}).start()
     run.wait_for_epoch_1()
@@ -377,6 +380,49 @@ def test_a_lost_prefect_server_ends_the_run_after_the_grace_period(runs, cifar_d
     assert seconds >= 3, f"stopped {seconds:.1f} s after the server went, within the grace period"
     assert (f"error: lost the Prefect server at {url} (connection refused, for 3 s); the run folder is intact: "
             "run the same command again to resume") in run.stderr()
+
+
+def test_the_temporary_server_s_output_goes_to_a_log_deleted_when_the_run_stops_it(tmp_path, capfd):
+    """What the server prints (a shutdown while its services flush printed
+    two tracebacks after a successful run on a GPU machine) is not the
+    run's output: it goes to a log in PREFECT_HOME, deleted once the server
+    has stopped as asked."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    from flows.prefect_server import prefect_server, probe
+
+    home = tmp_path / "home"
+    with temporary_settings(updates={PREFECT_HOME: home}, restore_defaults={PREFECT_API_URL}):
+        with prefect_server() as url:
+            assert probe(url) is None
+            logs = list(home.glob("temporary-server-*.log"))
+            assert len(logs) == 1
+        assert not logs[0].exists()
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_temporary_server_that_cannot_start_is_one_error_with_its_own_messages(tmp_path, capfd):
+    """A server that fails at start-up (here: its database cannot be
+    opened) is one error quoting its last messages without traceback
+    frames, its full log kept; it used to be retried for ever, because
+    uvicorn's exit status 3 was taken to mean only 'port already in use'."""
+    from prefect.settings import (PREFECT_HOME, PREFECT_SERVER_DATABASE_CONNECTION_URL,
+                                  PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings)
+
+    from flows.prefect_server import PrefectServerError, start_temporary_server
+
+    home = tmp_path / "home"
+    with temporary_settings({PREFECT_HOME: home, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 60,
+                             PREFECT_SERVER_DATABASE_CONNECTION_URL: "sqlite+aiosqlite:////proc/none/prefect.db"}):
+        with pytest.raises(PrefectServerError) as failed:
+            start_temporary_server()
+    message = str(failed.value)
+    assert message.startswith("the temporary Prefect server exited with status 3 while starting; its last messages:")
+    assert "unable to open database file" in message and "Application startup failed" in message
+    assert "Traceback" not in message and "  File " not in message
+    (log,) = home.glob("temporary-server-*.log")
+    assert f"(all of them: {log})" in message and "Traceback" in log.read_text()
+    assert "Traceback" not in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("command", ["full_run", "evaluate", "sweep"])
