@@ -14,6 +14,8 @@
 #   profile benchmarks/profile_step.py: where a step's time goes (kernels, GPU busy share, TFLOP/s);
 #           `profile_compile` also times the model under torch.compile
 #   disk    the write rate the run folder's disk gives (2 GB, fsync'd), against what checkpoints need
+#   stall   benchmarks/checkpoint_stall.py: train_run's "checkpoint writer" line over 5 epochs of 50,000
+#           images, and what the old hand-over (state copied to the host on the training thread) cost
 #   batches the pipeline's training step at batch 512 and 1024 (is the default of 256 leaving speed behind?)
 #   cifar   the JPEG copy packed into the official cifar-10-python.tar.gz format (the machine has no
 #           network), then `python flows/full_run.py --no-verify --weights none`: the complete default
@@ -77,6 +79,10 @@ for step in "$@"; do
       { dd if=/dev/zero of="$WORK/runs/ddtest" bs=16M count=${DISK_MB_16:-128} conv=fsync 2>&1 | tail -1; } \
         | sed "s/^/disk write: /" >> "$OUT/summary.txt"
       rm -f "$WORK/runs/ddtest"; df -h "$WORK" | tail -1 | sed "s/^/disk: /" >> "$OUT/summary.txt"
+      ;;
+    stall)
+      timed checkpoint_stall python3 benchmarks/checkpoint_stall.py --epochs 5 --images 50000 ${STALL_ARGS:-}
+      grep -E "^old hand-over|^train_run:" "$OUT/checkpoint_stall.log" | sed "s/^/  /" >> "$OUT/summary.txt"
       ;;
     batches)  # the pipeline's step at larger batches (the recipe's lr scales with the batch)
       for batch in 512 1024; do

@@ -50,6 +50,16 @@ def test_throughput_quick_reports_all_fields():
     assert "seed recipe (tutorial)" in table and "pipeline, train" in table
 
 
+def test_checkpoint_stall_quick_reports_the_writer_line_and_the_old_hand_over():
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "checkpoint_stall.py"), "--quick", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["device"] == "cpu" and result["epochs"] == 2 and len(result["epoch_seconds"]) == 2
+    assert result["old_handover_seconds"] > 0 and result["train_run_seconds"] > 0
+    assert "checkpoint writer: 2 epochs, " in proc.stdout  # the run log's line, from train_run itself
+
+
 def test_image_folder_packed_as_the_official_cifar_archive(tmp_path):
     """benchmarks/cifar_archive_from_folder.py (used on the GPU machine, which
     cannot download CIFAR-10) writes an archive the download stage accepts,
