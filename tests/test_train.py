@@ -630,8 +630,8 @@ def test_background_writes_save_the_state_of_their_own_epoch(trained, dataset_di
         ours = load_checkpoint(tmp_path / "run" / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
         ref = load_checkpoint(ref_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
         assert all(torch.equal(ours[k], ref[k]) for k in ref)
-    ours = torch.load(tmp_path / "run" / "checkpoints" / RESUME_NAME, weights_only=False)["optimizer"]["state"]
-    ref = torch.load(ref_dir / "checkpoints" / RESUME_NAME, weights_only=False)["optimizer"]["state"]
+    ours = torch.load(tmp_path / "run" / "checkpoints" / RESUME_NAME, weights_only=True)["optimizer"]["state"]
+    ref = torch.load(ref_dir / "checkpoints" / RESUME_NAME, weights_only=True)["optimizer"]["state"]
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[i][name], ref[i][name]) for i in ref for name in ref[i])
 
