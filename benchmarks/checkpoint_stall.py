@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
-        args.images, args.epochs, args.image_size = 64, 2, 64
+        args.images, args.epochs, args.image_size = 16, 2, 64
     device = resolve_device(args.device)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     logging.getLogger("alexnet_pipeline").setLevel(logging.INFO)
