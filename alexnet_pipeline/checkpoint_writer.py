@@ -59,24 +59,26 @@ class Snapshot:
     `Snapshot.as_it_is(state)` is the live state, for a writer that runs
     between epochs (the CPU: see train.train_run)."""
 
-    def __init__(self, state: dict, ready: torch.cuda.Event | None):
+    def __init__(self, state: dict, ready: torch.cuda.Event | None = None, device: torch.device | None = None):
         self._state: dict | None = state
-        self._ready = ready  # recorded after the device copy, when there is one
+        # The GPU the copy lives on, and an event recorded after the copy
+        # (both None when the state is already in host memory).
+        self._ready, self._device = ready, device
 
     @classmethod
     def private(cls, state: dict) -> Snapshot:
         copy = _map_tensors(state, lambda t: t.detach().clone())
         devices = {t.device for t in _tensors(copy) if t.device.type == "cuda"}
         if not devices:
-            return cls(copy, None)
+            return cls(copy)
         if len(devices) > 1:  # not a layout this pipeline makes (one device per run)
             raise ValueError(f"training state spread over {sorted(map(str, devices))}")
         device = devices.pop()
-        return cls(copy, torch.cuda.current_stream(device).record_event())
+        return cls(copy, torch.cuda.current_stream(device).record_event(), device)
 
     @classmethod
     def as_it_is(cls, state: dict) -> Snapshot:
-        return cls(state, None)
+        return cls(state)
 
     def to_host(self) -> dict:
         """The state in host memory; the device copy, if any, is released.
@@ -86,8 +88,7 @@ class Snapshot:
             raise RuntimeError("Snapshot.to_host() called twice")
         if self._ready is None:
             return state
-        device = next(t.device for t in _tensors(state) if t.device.type == "cuda")
-        with torch.cuda.device(device):
+        with torch.cuda.device(self._device):
             stream = torch.cuda.Stream()
             with torch.cuda.stream(stream):
                 stream.wait_event(self._ready)
