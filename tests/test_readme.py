@@ -1,8 +1,9 @@
-"""The README's examples can be copied as they are: every command line it
-shows uses flags its script accepts, no command names a run folder that only
-exists in the README, and the examples that find a run folder or checkpoint
-for you (the checkpoint-loading snippet, the evaluate-latest shell line) work
-on a real run folder."""
+"""The examples of the README and of the docs site's pages (docs/*.md) can be
+copied as they are: every command line they show uses flags its script
+accepts, no command names a run folder that only exists on the page, the
+examples that find a run folder or checkpoint for you (the checkpoint-loading
+snippet, the evaluate-latest shell line) work on a real run folder, and CI
+runs the README's test command."""
 
 from __future__ import annotations
 
@@ -25,41 +26,57 @@ from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.train import train_run
 
 REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
+# Every page a reader copies commands from: pages other helpers add to docs/ included.
+PAGES = {path.relative_to(REPO).as_posix(): path.read_text()
+         for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]}
+LIST_ITEM = re.compile(r"([-*+]|\d+\.)\s")
 
 
-def code_blocks() -> list[tuple[str, list[tuple[int, str]]]]:
-    """(language, [(line number, text)]) of each fenced block, and each
-    indented block as language "" (one entry per line)."""
-    blocks, fence, current = [], None, []
-    for number, line in enumerate(README.splitlines(), start=1):
-        stripped = line.strip()
-        if stripped.startswith("```"):
-            if fence is None:
-                fence, current = stripped[3:], []
-            else:
-                blocks.append((fence, current))
-                fence = None
-            continue
-        if fence is not None:
-            current.append((number, line))
-        elif line.startswith("    ") and stripped:
-            blocks.append(("", [(number, stripped)]))
+def code_blocks() -> list[tuple[str, list[tuple[str, int, str]]]]:
+    """(language, [(page, line number, text)]) of each fenced block, and each
+    indented code block as language "" (one entry per line). As Markdown reads
+    them: an indented line is code after a blank line (or more code), and
+    inside a list item only when indented past the item's own 4 spaces."""
+    blocks = []
+    for page, text in PAGES.items():
+        fence, current, in_list, blank_before, in_code = None, [], False, True, False
+        for number, line in enumerate(text.splitlines(), start=1):
+            stripped = line.strip()
+            if stripped.startswith("```"):
+                if fence is None:
+                    fence, current = stripped[3:], []
+                else:
+                    blocks.append((fence, current))
+                    fence = None
+                continue
+            if fence is not None:
+                current.append((page, number, line))
+                continue
+            if not stripped:
+                blank_before = True
+                continue
+            indent = len(line) - len(line.lstrip())
+            if indent == 0:
+                in_list = bool(LIST_ITEM.match(stripped))
+            in_code = indent >= (8 if in_list else 4) and (blank_before or in_code)
+            if in_code:
+                blocks.append(("", [(page, number, stripped)]))
+            blank_before = False
     return blocks
 
 
-def shell_commands() -> list[tuple[int, str]]:
-    """Every command in a shell block or an indented block, and every inline
-    `python ...` code span: continuation lines joined, comments dropped,
-    `a && b` split."""
+def shell_commands() -> list[tuple[str, str]]:
+    """("page line N", command) for every command in a shell block or an
+    indented block, and every inline `python ...` code span: continuation
+    lines joined, comments dropped, `a && b` split."""
     commands = []
     for language, lines in code_blocks():
         if language not in ("", "bash", "sh"):
             continue
-        pending, start = "", 0
-        for number, text in lines:
+        pending, start = "", ""
+        for page, number, text in lines:
             if not pending:
-                start = number
+                start = f"{page} line {number}"
             pending += text.strip() + "\n"
             try:
                 shlex.split(pending, comments=True)
@@ -71,8 +88,10 @@ def shell_commands() -> list[tuple[int, str]]:
                 if program in PROGRAMS:
                     commands.append((start, part))
             pending = ""
-    for match in re.finditer(r"`(python [^`]+)`", README):
-        commands.append((README.count("\n", 0, match.start()) + 1, match.group(1)))
+    for page, text in PAGES.items():
+        for match in re.finditer(r"`(python [^`]+)`", text):
+            # A span broken over two lines is one command.
+            commands.append((f"{page} line {text.count(chr(10), 0, match.start()) + 1}", " ".join(match.group(1).split())))
     return commands
 
 
@@ -113,17 +132,17 @@ def test_every_command_line_in_the_readme_uses_flags_its_script_accepts(monkeypa
         if len(words) < 2 or words[0] != "python" or not words[1].endswith(".py"):
             continue
         script = REPO / words[1]
-        assert script.is_file(), f"README.md line {line}: {words[1]} does not exist"
+        assert script.is_file(), f"{line}: {words[1]} does not exist"
         argv = words[2:]
         # A made-up placeholder (<...>) is no example one can paste.
-        assert not re.search(r"<[^>]*>", " ".join(argv)), f"README.md line {line}: placeholder in {command!r}"
+        assert not re.search(r"<[^>]*>", " ".join(argv)), f"{line}: placeholder in {command!r}"
         try:
             parses(script, argv, monkeypatch)
         except SystemExit as exc:
             if exc.code == 0:  # --help
                 checked.append(words[1])
                 continue
-            pytest.fail(f"README.md line {line}: {command!r} is refused by {words[1]} (exit {exc.code}): "
+            pytest.fail(f"{line}: {command!r} is refused by {words[1]} (exit {exc.code}): "
                         f"{capsys.readouterr().err.strip()}")
         checked.append(words[1])
     # The set-up command, the image-folder example, the sweep and the by-hand
@@ -139,11 +158,11 @@ def test_no_readme_command_names_a_run_folder_that_only_exists_in_the_readme():
         for path in re.findall(r"runs/[^\s\"')]*", command):
             first = path.split("/")[1]
             assert not first or "*" in first or "$" in first, (
-                f"README.md line {line}: {command!r} names the run folder {path!r}")
+                f"{line}: {command!r} names the run folder {path!r}")
     for language, lines in code_blocks():
         if language == "python":
-            for line, text in lines:
-                assert "..." not in text.split("#")[0], f"README.md line {line}: placeholder path in {text!r}"
+            for page, line, text in lines:
+                assert "..." not in text.split("#")[0], f"{page} line {line}: placeholder path in {text!r}"
 
 
 @pytest.fixture(scope="module")
@@ -166,11 +185,11 @@ def runs_root(tmp_path_factory, cifar_archive_dir) -> Path:
 
 
 def test_readme_checkpoint_example_loads_the_newest_checkpoint_as_written(runs_root, monkeypatch):
-    snippets = ["\n".join(text for _, text in lines) for language, lines in code_blocks() if language == "python"]
+    snippets = ["\n".join(text for _, _, text in lines) for language, lines in code_blocks() if language == "python"]
     example = next(s for s in snippets if "load_checkpoint" in s)
     monkeypatch.chdir(runs_root)
     namespace: dict = {}
-    exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102 - our own README
+    exec(compile(example, "snippet", "exec"), namespace)  # noqa: S102 - our own page
     model, ckpt = namespace["model"], namespace["ckpt"]
     assert isinstance(model, torch.nn.Module) and not model.training
     assert ckpt["epoch"] == 1 and model.classifier[-1].out_features == len(ckpt["class_names"])
@@ -183,3 +202,18 @@ def test_readme_evaluate_latest_line_names_the_newest_run_folder(runs_root):
     found = subprocess.run(["bash", "-c", printer], cwd=runs_root, capture_output=True, text=True, check=True,
                            env={**os.environ, "PWD": str(runs_root)}).stdout.strip()
     assert Path(found) == runs_root / "runs" / "newer-run", found
+
+
+def test_ci_runs_the_readme_test_command_as_written():
+    """.ci/run is the README's promise kept: the command a contributor is told
+    to run is the one CI runs, extras included (the docs build is a test)."""
+    readme_test = next(c for _, c in code_blocks_commands("README.md") if "python -m pytest" in c)
+    ci_lines = [line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines()]
+    assert readme_test in ci_lines, f".ci/run does not run the README's test command {readme_test!r}"
+    assert '".[test,docs]"' in readme_test, readme_test
+
+
+def code_blocks_commands(page: str) -> list[tuple[str, str]]:
+    """The whole lines of `page`'s indented and shell blocks, as written."""
+    return [(f"{p} line {n}", text.strip()) for language, lines in code_blocks() if language in ("", "bash", "sh")
+            for p, n, text in lines if p == page]
