@@ -31,7 +31,7 @@ Measured (2 shared CPUs, Prefect 3.9.1, PostgreSQL 15.18, one run each, 5
 tasks per flow run, 4 client processes): PostgreSQL completed all 200 runs
 started at once in 33 s with no 5xx; SQLite answered 9 requests 503 at 10
 runs, 102 at 50, and at 100 and 200 runs 8 and 51 runs failed on a 503 they
-had retried five times (README.md, "How much one server takes").
+had retried five times (docs/operations.md, "How much one server takes").
 """
 
 from __future__ import annotations

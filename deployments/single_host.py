@@ -340,7 +340,7 @@ def start_server(setup: Setup, wait_s: float = 180) -> None:
         if port_in_use("127.0.0.1", setup.port):
             raise Refused(f"server: port {setup.port} is taken by another program: pass --port")
         # Loopback only: the server has no authentication, and on one host
-        # nothing else needs to reach it (README.md, "Run on several GPU
+        # nothing else needs to reach it (docs/operations.md, "Run on several GPU
         # machines", for a server other hosts' workers use).
         args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(setup.port)]
         if not setup.ui:

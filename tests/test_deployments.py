@@ -1,6 +1,6 @@
 """The deployments for real: a Prefect server on 127.0.0.1, the process work
 pool, `prefect deploy` from deployments/prefect.yaml, and workers laid out as
-in README.md, "Run on several GPU machines" (two "GPU" workers that take one run each, one
+in docs/operations.md, "Run on several GPU machines" (two "GPU" workers that take one run each, one
 controller worker for the sweep). Then a smoke-sized full run, the evaluation
 of its folder, and a sweep whose trials must run at the same time on both
 GPU workers; one trial is broken on purpose and must be reported as failed.
@@ -123,7 +123,7 @@ class Server:
         return done.stdout + done.stderr
 
     def trigger(self, deployment: str, params: dict) -> str:
-        """`prefect deployment run`, as the README shows; the flow run's id."""
+        """`prefect deployment run`, as docs/operations.md shows; the flow run's id."""
         output = self.cli("deployment", "run", deployment, "--params", json.dumps(params))
         match = re.search(r"UUID:\s*([0-9a-f-]{36})", output)
         assert match, output
@@ -197,7 +197,7 @@ def test_deploy_schedule_and_sweep_across_two_workers(server, cifar_data_dir):
     server.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE),
                env={**env, "PROJECT_DIR": "/nonexistent/clone-on-deploy-host"})
 
-    # The README's layout: one worker per GPU taking one run at a
+    # The layout of docs/operations.md: one worker per GPU taking one run at a
     # time from the `gpu` queue, and a controller worker for the sweep.
     worker_logs = {}
     for name in ("gpu-0", "gpu-1"):
