@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -281,3 +282,39 @@ def test_deploy_schedule_and_sweep_across_two_workers(server, cifar_data_dir):
         f"trials per GPU worker: {took}\n" + server.processes.tails())
 
     print(f"\nintegration test body: {time.monotonic() - started:.1f} s")
+
+
+def test_predict_deployment_scores_a_folder_with_the_newest_runs_model(server):
+    """The predict deployment as declared (model: the newest run under the
+    runs root, an inactive nightly schedule), run by a worker on a folder."""
+    from tests.fixtures import trained_image_folder_run
+
+    env = server.env
+    server.cli("work-pool", "create", POOL, "--type", "process", "--overwrite")
+    server.cli("--no-prompt", "deploy", "--all", "--prefect-file", str(PREFECT_FILE))
+    declared = {d["name"]: d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}["predict"]
+    deployment = server.api("GET", "/deployments/name/predict/predict")
+    schedule = deployment["schedules"][0]
+    assert (schedule["schedule"]["cron"], schedule["schedule"]["timezone"]) == (
+        declared["schedules"][0]["cron"], declared["schedules"][0]["timezone"])
+    assert not schedule["active"], "the nightly predict schedule must wait until it is enabled"
+    assert deployment["parameters"]["model"] is None
+
+    # The newest run under the runs root: trained here, after any other test's.
+    shared = server.shared / "predict"
+    trained = trained_image_folder_run(shared, ("cat", "dog", "ship"))
+    runs_root = Path(env["ALEXNET_PIPELINE_RUNS_ROOT"])
+    run_dir = runs_root / "photos-run"
+    shutil.move(str(trained["run_dir"]), run_dir)
+    server.processes.start("predict-worker", [*PREFECT, "worker", "start", "--pool", POOL, "--name", "predict-worker"])
+
+    out = shared / "predictions.csv"
+    flow_run_id = server.trigger("predict/predict", {"images": [str(trained["data"] / "test")], "out": str(out)})
+    run = server.wait(flow_run_id, timeout=180)
+    server.assert_completed(run)
+    table = pd.read_csv(out, keep_default_na=False)
+    assert len(table) == 15 and (table["error"] == "").all() and set(table["predicted"]) <= {"cat", "dog", "ship"}
+    artifacts = server.api("POST", "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})
+    table_artifact = next(a for a in artifacts if a["key"] == "predictions")
+    rows = table_artifact["data"] if isinstance(table_artifact["data"], list) else json.loads(table_artifact["data"])
+    assert len(rows) == 15 and str(run_dir) in table_artifact["description"]

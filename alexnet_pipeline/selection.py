@@ -1,0 +1,77 @@
+"""Which checkpoint of a run folder is "the model": the one rule that predict,
+export and the README's loading snippet share.
+
+    from alexnet_pipeline.selection import selected_checkpoint
+    path = selected_checkpoint("runs/cifar10-none-e2-0123456789")   # .../checkpoints/alexnet-07.pt
+
+Today the selected epoch is the report's best one (highest test accuracy in
+`accuracy.csv`, the earliest epoch on a tie, as report.best_row picks it).
+A run without a report yet (stopped before it) falls back to its newest
+checkpoint, and says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+
+from alexnet_pipeline.checkpoint import checkpoint_epoch, checkpoint_path, load_checkpoint
+from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.run_folder import run_checkpoints
+
+log = logging.getLogger(__name__)
+
+REPORT_TABLE = "accuracy.csv"
+
+
+def _report_best_epoch(run_dir: Path) -> int | None:
+    """The best epoch by test accuracy in the run's accuracy.csv, or None when
+    there is no readable one."""
+    try:
+        with open(run_dir / REPORT_TABLE, newline="") as f:
+            rows = [(int(row["epoch"]), float(row["test_acc"])) for row in csv.DictReader(f)]
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+    if not rows:
+        return None
+    best_acc = max(acc for _, acc in rows)
+    return min(epoch for epoch, acc in rows if acc == best_acc)
+
+
+def selected_checkpoint(run_dir: str | Path, epoch: int | None = None) -> Path:
+    """The checkpoint of `run_dir` to use: epoch `epoch` when given, else the
+    report's best epoch, else (no report) the newest checkpoint. A checkpoint
+    whose bytes differ from what training wrote is never selected."""
+    run_dir = Path(run_dir)
+    checkpoints = run_checkpoints(run_dir)  # refuses a folder that is not a run's
+    by_epoch = {checkpoint_epoch(p): p for p in checkpoints}
+    if epoch is not None:
+        if epoch not in by_epoch:
+            raise CheckpointError(
+                f"{run_dir} has no intact checkpoint for epoch {epoch} ({checkpoint_path(run_dir / 'checkpoints', epoch)}); "
+                f"it has epochs {', '.join(str(e) for e in sorted(by_epoch))}"
+            )
+        return by_epoch[epoch]
+    best = _report_best_epoch(run_dir)
+    if best is not None and best in by_epoch:
+        return by_epoch[best]
+    log.warning("%s has no report naming a best epoch that is on disk; using its newest checkpoint, %s",
+                run_dir, checkpoints[-1].name)
+    return checkpoints[-1]
+
+
+def resolve_model(model: str | Path, epoch: int | None = None) -> Path:
+    """A run folder (its selected checkpoint, or `epoch`'s) or a checkpoint
+    file as given on a command line: the checkpoint file to load."""
+    path = Path(model).expanduser()
+    if path.is_file():
+        if epoch is not None:
+            raise CheckpointError(f"{path} is a checkpoint file; --epoch picks a checkpoint of a run folder, "
+                                  "give the run folder instead")
+        load_checkpoint(path)  # refuses a file that is not one of this pipeline's checkpoints
+        return path
+    if not path.exists():
+        raise CheckpointError(f"{path} does not exist; give a run folder (runs/<name>) or a checkpoint "
+                              "(runs/<name>/checkpoints/alexnet-NN.pt)")
+    return selected_checkpoint(path, epoch)
