@@ -47,6 +47,45 @@ def is_complete(dataset_dir: Path) -> bool:
     return (dataset_dir / META_NAME).is_file() and all((dataset_dir / f"{n}.npy").is_file() for n in ARRAY_NAMES)
 
 
+def entry_problem(dataset_dir: Path) -> str | None:
+    """What is wrong with a complete-looking entry, or None when its arrays
+    hold what meta.json says: each split's images (count, size, size, 3)
+    uint8 and its labels (count,) integers within the class list. Cheap: the
+    image arrays' headers and the labels are read, no image, no hash."""
+    dataset_dir = Path(dataset_dir)
+    try:
+        meta = json.loads((dataset_dir / META_NAME).read_text())
+        names, size = meta["class_names"], meta["stored_size"]
+        counts = {split: meta[f"num_{split}"] for split in ("train", "test")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{META_NAME} unreadable or incomplete ({getattr(exc, 'strerror', None) or exc})"
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        return f"{META_NAME} has no list of class names"
+    if not all(isinstance(v, int) and v >= 0 for v in (size, *counts.values())):
+        return f"{META_NAME} has no image size or counts"
+    for split, count in counts.items():
+        try:
+            # mmap: only the header is read; a file shorter than its header
+            # says fails here.
+            images = np.load(dataset_dir / f"{split}_images.npy", mmap_mode="r", allow_pickle=False)
+            labels = np.load(dataset_dir / f"{split}_labels.npy", allow_pickle=False)
+        except (OSError, ValueError, EOFError) as exc:
+            return f"{split} arrays unreadable ({getattr(exc, 'strerror', None) or exc})"
+        if images.dtype != np.uint8 or images.shape != (count, size, size, 3):
+            return (f"{split}_images.npy holds {images.dtype} {images.shape}, "
+                    f"meta.json says uint8 {(count, size, size, 3)}")
+        if labels.shape != (count,) or labels.dtype.kind not in "iu":
+            return f"{split}_labels.npy holds {labels.dtype} {labels.shape}, meta.json says {count} integer labels"
+        if count and (labels.min() < 0 or labels.max() >= len(names)):
+            return (f"{split}_labels.npy has labels {labels.min()}..{labels.max()}, "
+                    f"outside the {len(names)} classes 0..{len(names) - 1}")
+    return None
+
+
+def is_usable(dataset_dir: Path) -> bool:
+    return is_complete(dataset_dir) and entry_problem(dataset_dir) is None
+
+
 def read_meta(dataset_dir: Path) -> dict:
     path = Path(dataset_dir) / META_NAME
     try:
@@ -64,6 +103,10 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
     dataset_dir = Path(dataset_dir)
     if not is_complete(dataset_dir):
         raise DataError(f"preprocessed data {dataset_dir} is missing or incomplete; run the pipeline again to rebuild it")
+    problem = entry_problem(dataset_dir)
+    if problem:
+        raise DataError(f"the preprocessed data in {dataset_dir} is damaged: {problem}; delete {dataset_dir} "
+                        "and run again to rebuild it")
     meta = read_meta(dataset_dir)
     mode = "r" if mmap else None
     try:
@@ -124,16 +167,16 @@ def _build_entry(final_dir: Path, fill: Callable[[Path], dict]) -> dict:
             for child in tmp.iterdir():
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
-            if is_complete(final_dir):
+            if is_usable(final_dir):
                 return read_meta(final_dir)  # another run on the same data finished the same entry first
             if final_dir.exists():
-                # An entry with this name lost a file: replace it.
+                # An entry with this name lost a file or was altered: replace it.
                 shutil.rmtree(final_dir)
             os.rename(tmp, final_dir)
             built = True
             return meta
     except OSError as exc:
-        if is_complete(final_dir):
+        if is_usable(final_dir):
             return read_meta(final_dir)  # lost a race to a concurrent run writing the same content
         raise _write_error(final_dir, exc) from None
     finally:
@@ -192,8 +235,11 @@ def preprocess(data: DataConfig, image_size: int | None, source_dir: Path | None
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
     dataset_dir = cache_root / f"{params['dataset']}-{key}"
     if is_complete(dataset_dir):
-        log.info("Preprocessed data found in %s", dataset_dir)
-        return dataset_dir
+        problem = entry_problem(dataset_dir)
+        if problem is None:
+            log.info("Preprocessed data found in %s", dataset_dir)
+            return dataset_dir
+        log.warning("The preprocessed data in %s is damaged (%s): building it again", dataset_dir, problem)
     log.info("Preprocessing %s into %s", data.dataset, dataset_dir)
 
     def fill(folder: Path) -> dict:

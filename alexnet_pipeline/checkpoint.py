@@ -25,7 +25,7 @@ import torch
 
 from alexnet_pipeline import faults
 from alexnet_pipeline.errors import CheckpointError
-from alexnet_pipeline.files import atomic_path, replace_durably
+from alexnet_pipeline.files import atomic_path, check_regular_file, replace_durably
 from alexnet_pipeline.integrity import HashingWriter, intact, known_sha256, record_sha256
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,13 @@ recent = RecentCheckpoints()
 
 def _load(path: Path) -> dict:
     try:
+        # torch.load opens the path itself (mmap needs it): a FIFO would block it.
+        check_regular_file(path, "checkpoint", CheckpointError)
         # mmap: tensors are paged in from the file (or the page cache) when
         # first used, not copied up front; metadata-only readers touch none.
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except CheckpointError:
+        raise
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except Exception as exc:  # noqa: BLE001 - truncated zip, foreign pickle, ...

@@ -38,6 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
 from alexnet_pipeline.errors import ConfigError
+from alexnet_pipeline.files import read_regular_file
 
 PRESET_DIR = Path(__file__).parent / "presets"
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -532,15 +533,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def _read_config_text(path: Path) -> str:
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)  # a bounded read: /dev/zero or a huge file is refused, not read
+        # A FIFO, a device or a folder is refused before it is read; size and time bounded.
+        raw = read_regular_file(path, "config file", ConfigError, MAX_CONFIG_BYTES)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"config file {path} is larger than {MAX_CONFIG_BYTES >> 10} KiB; a config is a few lines "
-            "(sections data, model, train): check that this is the file you meant"
-        )
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -202,12 +202,17 @@ def decode_image(path: Path, size: int) -> np.ndarray:
 
 def _decode_problem(path: Path, exc: Exception) -> str:
     """One line for the list of bad images: the file, and why."""
+    return f"{shown_path(path)} ({decode_failure_reason(path, exc)})"
+
+
+def decode_failure_reason(path: Path, exc: Exception) -> str:
+    """Why decode_image failed on `path`, in words."""
     if isinstance(exc, OSError) and exc.errno is not None:
         hint = "; check its permissions" if isinstance(exc, PermissionError) else ""
-        return f"{shown_path(path)} (cannot read it: {exc.strerror}{hint})"
+        return f"cannot read it: {exc.strerror}{hint}"
     # PIL quotes the name with repr(), which writes an undecodable byte as \udcNN: show it as \xNN here too.
     text = shown_path(str(exc).replace(repr(str(path))[1:-1], str(path)))
-    return f"{shown_path(path)} ({type(exc).__name__}: {text})"
+    return f"{type(exc).__name__}: {text}"
 
 
 def _short_side(path: Path) -> int:

@@ -28,7 +28,7 @@ from pathlib import Path
 from alexnet_pipeline import faults
 from alexnet_pipeline.config import CIFAR10_MD5, CIFAR10_URL
 from alexnet_pipeline.errors import DataError
-from alexnet_pipeline.files import missing_folders, remove_created_folders
+from alexnet_pipeline.files import check_regular_file, missing_folders, open_regular_file, remove_created_folders
 from alexnet_pipeline.integrity import md5_file
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,18 @@ def _data_dir_is_a_file(data_dir: Path) -> DataError:
     )
 
 
+def _archive_present(archive: Path) -> bool:
+    """Whether the data folder holds the archive; a FIFO, device or folder
+    by that name is refused, neither read nor replaced by a download."""
+    try:
+        check_regular_file(archive, "the CIFAR-10 archive", DataError)
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # (a data folder that is a file is refused with its own message)
+    except OSError as exc:
+        raise _unreadable_archive(archive, exc) from None
+    return True
+
+
 def batches_complete(batches_dir: Path) -> bool:
     return all((batches_dir / name).is_file() for name in BATCH_FILES)
 
@@ -91,7 +103,7 @@ def ensure_cifar10(
             "fix its permissions or pass another --data-dir"
         )
     archive = data_dir / ARCHIVE_NAME
-    if archive.is_file():
+    if _archive_present(archive):
         log.info("Using the local archive %s", archive)
     else:
         _download(url, archive, data_dir, progress)
@@ -222,7 +234,7 @@ def check_cifar10_reachable(data_dir: str | Path, url: str = CIFAR10_URL, timeou
     after the orchestration has started. The download itself still reports
     any later failure."""
     data_dir = Path(data_dir).expanduser()
-    if batches_complete(data_dir / BATCHES_DIR_NAME) or (data_dir / ARCHIVE_NAME).is_file():
+    if batches_complete(data_dir / BATCHES_DIR_NAME) or _archive_present(data_dir / ARCHIVE_NAME):
         return
     if data_dir.exists() and not data_dir.is_dir():
         raise _data_dir_is_a_file(data_dir)  # no download would help
@@ -281,7 +293,8 @@ def _extract(archive: Path, data_dir: Path) -> None:
     folder first so that a crash never leaves half a batches folder."""
     total = None
     try:
-        with tarfile.open(archive, "r:*") as tar:
+        with open_regular_file(archive, "the CIFAR-10 archive", DataError) as raw, \
+                tarfile.open(fileobj=raw, mode="r:*") as tar:
             members = list(_checked_members(tar, archive))
             total = sum(max(m.size, 0) for m in members)
             free = _free_bytes(data_dir)

@@ -48,6 +48,30 @@ def evaluate(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
     return evaluate_batches(model, batches, transform, num_classes)
 
 
+def prepared_model(ckpt: dict, device: torch.device, source: str | Path | None = None
+                   ) -> tuple[torch.nn.Module, BatchTransform]:
+    """The checkpoint's model on `device`, in eval mode, and the transform
+    that turns its uint8 images into the model's input (size, mean and std
+    from the checkpoint). Evaluation and prediction both use this pair."""
+    model = model_from_checkpoint(ckpt, device, source=source)
+    channels_last = device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    transform = BatchTransform(int(ckpt["image_size"]), ckpt["mean"], ckpt["std"], device, channels_last)
+    return model.eval(), transform
+
+
+def batch_logits(model: torch.nn.Module, x_uint8: torch.Tensor, transform: BatchTransform) -> torch.Tensor:
+    """Logits of a uint8 NHWC batch on the model's device: bfloat16 autocast
+    on CUDA, float32 elsewhere (the one forward pass evaluation and
+    prediction share, so both score an image the same)."""
+    x = transform(x_uint8)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if x.device.type == "cuda"
+                else contextlib.nullcontext())
+    with autocast:
+        return model(x)
+
+
 @torch.no_grad()
 def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                      transform: BatchTransform, num_classes: int) -> EvalResult:
@@ -61,11 +85,7 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
             device = y.device
             loss_sum = torch.zeros((), device=device, dtype=torch.float64)
             confusion = torch.zeros(num_classes * num_classes, device=device, dtype=torch.long)
-        x = transform(x_uint8)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if y.device.type == "cuda"
-                    else contextlib.nullcontext())
-        with autocast:
-            logits = model(x)
+        logits = batch_logits(model, x_uint8, transform)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
         # scatter_add_, not bincount: bincount reads its input's range back
         # to the host on CUDA, a sync per batch.
@@ -128,11 +148,7 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
             f"for {image_size}x{image_size}; evaluate it at image size {ckpt['image_size']}, or pick a checkpoint "
             f"trained at {image_size}"
         )
-    model = model_from_checkpoint(ckpt, dev, source=checkpoint)
-    channels_last = dev.type == "cuda"
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    transform = BatchTransform(int(ckpt["image_size"]), ckpt["mean"], ckpt["std"], dev, channels_last)
+    model, transform = prepared_model(ckpt, dev, source=checkpoint)
     try:
         test_set = test_set_on_device(Path(dataset_dir), subset, dev)
         in_stored_order = torch.arange(test_set.count)

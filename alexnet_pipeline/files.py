@@ -1,4 +1,5 @@
-"""File helpers shared by every stage: atomic writes, modes, folders.
+"""File helpers shared by every stage: atomic writes, modes, folders, and
+reading the user's input files (config, weights, archives, checkpoints).
 
 A file that a later run reads back (archive, cache, checkpoint, report) is
 written to a temporary name in the same folder, flushed to disk and renamed, so
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 def shown_path(path: str | Path) -> str:
@@ -173,3 +177,81 @@ def create_text_exclusively(path: str | Path, text: str) -> bool:
         return True
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+# --- input files: the kind of file expected, read within bounds -------------------
+
+# A file of the user's read into memory whole (a config) is read in blocks,
+# and given up on past this long: a disk or network mount that hangs on
+# one read still blocks that read, but a slow one cannot stall the run.
+READ_TIMEOUT_S = 30.0
+_READ_BLOCK = 1 << 20
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def check_regular_file(path: str | Path, what: str, error: type[Exception]) -> None:
+    """Refuse `path` with one `error` line when it exists and is not a
+    regular file (symbolic links followed): a FIFO would block the reader
+    until something writes to it, /dev/zero would never end, a folder reads
+    as a confusing error. A missing or unreadable file raises its OSError
+    (FileNotFoundError, PermissionError) for the caller's own message."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise error(f"{what} {shown_path(path)} is {_kind(mode)}, not a regular file; give the path of a file")
+
+
+def _too_large(path: str | Path, what: str, size: int, max_bytes: int) -> str:
+    return (f"{what} {shown_path(path)} is larger than {_size_text(max_bytes)} ({_size_text(size)}); "
+            "check that this is the file you meant")
+
+
+def _size_text(size: int) -> str:
+    if size >= 1 << 20:
+        return f"{size / (1 << 20):.1f} MiB"
+    return f"{size / 1024:.0f} KiB" if size >= 1024 else f"{size} bytes"
+
+
+def open_regular_file(path: str | Path, what: str, error: type[Exception], max_bytes: int | None = None) -> BinaryIO:
+    """`path` opened for reading (binary), once it is known to be a regular
+    file of at most `max_bytes`; see check_regular_file for the refusals.
+    The kind is checked again on the open file: a path swapped for a FIFO
+    between the check and the open is still refused, not waited on
+    (O_NONBLOCK makes opening a FIFO return at once)."""
+    check_regular_file(path, what, error)
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise error(f"{what} {shown_path(path)} is {_kind(info.st_mode)}, not a regular file; give the path of a file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise error(_too_large(path, what, info.st_size, max_bytes))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular_file(path: str | Path, what: str, error: type[Exception], max_bytes: int,
+                      timeout_s: float = READ_TIMEOUT_S) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`, read within
+    `timeout_s` (checked between blocks); every refusal is one `error`.
+    A file that grows past `max_bytes` while being read is refused too."""
+    deadline = time.monotonic() + timeout_s
+    with open_regular_file(path, what, error, max_bytes) as f:
+        blocks, size = [], 0
+        while block := f.read(_READ_BLOCK):
+            blocks.append(block)
+            size += len(block)
+            if size > max_bytes:
+                raise error(_too_large(path, what, size, max_bytes))
+            if time.monotonic() > deadline:
+                raise error(f"reading {what} {shown_path(path)} took more than {timeout_s:g} s; "
+                            "is it on a slow or hung disk? Copy it to a local disk")
+    return b"".join(blocks)

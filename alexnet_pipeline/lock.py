@@ -98,10 +98,23 @@ def run_folder_lock(run_dir: str | Path, identity: RunIdentity | None = None) ->
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"out: cannot create the run folder {run_dir} ({exc.strerror}); pass another --out") from None
-    wrote_marker = state in ("new", "empty") and mark_new_run_folder(run_dir, identity)
+    try:
+        wrote_marker = state in ("new", "empty") and mark_new_run_folder(run_dir, identity)
+    except OSError as exc:
+        # Permissions are checked before (check_run_folder); this is what
+        # they cannot tell: a read-only mount, an ACL, a folder that changed.
+        remove_created_folders(created)
+        raise ConfigError(f"out: cannot write into the run folder {run_dir} ({exc.strerror}); "
+                          "pass another --out") from None
     path = run_dir / LOCK_NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            if wrote_marker:
+                release_unused_run_folder(run_dir)
+            remove_created_folders(created)
+            raise ConfigError(f"out: cannot write the lock file {path} ({exc.strerror}); pass another --out") from None
         if not _try_flock(fd):
             error = _refusal(run_dir, fd)
             os.close(fd)

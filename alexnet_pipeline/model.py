@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from alexnet_pipeline.errors import WeightsError
+from alexnet_pipeline.files import open_regular_file
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,9 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEAD_KEY = "classifier.6.weight"
+# AlexNet's weights take 233 MB as float32 (466 MB as float64): a larger
+# --weights file is not AlexNet's, and is refused before it is read.
+MAX_WEIGHTS_BYTES = 1 << 30
 
 
 def new_alexnet(num_classes: int) -> nn.Module:
@@ -94,12 +98,17 @@ def load_imagenet_state_dict() -> dict[str, torch.Tensor]:
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
-    if not path.is_file():
+    try:
+        weights_file = open_regular_file(path, "--weights", WeightsError, MAX_WEIGHTS_BYTES)
+    except FileNotFoundError:
         raise WeightsError(
             f"--weights {path}: no such file; give a torchvision-format AlexNet state_dict, 'imagenet' or 'none'"
-        )
+        ) from None
+    except OSError as exc:
+        raise WeightsError(f"cannot read weights file {path} ({exc.strerror})") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with weights_file:
+            state = torch.load(weights_file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         # torch names a blocked object as "GLOBAL module.name"; any other
         # unpickling failure means the file is not a torch.save file at all.
@@ -122,6 +131,35 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def check_weight_values(state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """Refuse, naming the file and the tensor, weights that would load but
+    not train: integer or boolean tensors (torch would cast them silently),
+    NaN or infinite values (the loss becomes nan some steps later, far from
+    the cause), a last layer that is not a (classes, 4096) matrix."""
+    for name, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise WeightsError(
+                f"weights {source}: tensor {name!r} is {str(tensor.dtype).removeprefix('torch.')}, not floating "
+                "point; these are not trained weights (quantized or converted?): save the float32 state_dict"
+            )
+        # A NaN or inf makes the sum NaN or inf: one pass and no boolean copy
+        # of 61M values (float64: no finite weights overflow it); the count only then.
+        if torch.isfinite(tensor.sum(dtype=torch.float64)):
+            continue
+        bad = int(tensor.numel() - torch.isfinite(tensor).sum())
+        if bad:
+            raise WeightsError(
+                f"weights {source}: tensor {name!r} holds {bad:,} NaN or infinite value(s) of {tensor.numel():,}; "
+                "the file is damaged or was saved from a run that diverged"
+            )
+    head = state[HEAD_KEY]
+    if head.dim() != 2 or head.shape[1] != 4096 or head.shape[0] < 1:
+        raise WeightsError(
+            f"weights {source}: tensor {HEAD_KEY!r} has shape {tuple(head.shape)}, expected (classes, 4096); "
+            "this is not a torchvision AlexNet state_dict"
+        )
+
+
 def build_alexnet(num_classes: int, weights: str = "imagenet") -> nn.Module:
     """AlexNet whose last layer is Linear(4096, num_classes)."""
     if weights == "none":
@@ -129,6 +167,7 @@ def build_alexnet(num_classes: int, weights: str = "imagenet") -> nn.Module:
     state = load_imagenet_state_dict() if weights == "imagenet" else load_state_dict_file(weights)
     if HEAD_KEY not in state:
         raise WeightsError(f"weights {weights}: no {HEAD_KEY!r}; this is not a torchvision AlexNet state_dict")
+    check_weight_values(state, weights)
     model = new_alexnet(int(state[HEAD_KEY].shape[0]))
     try:
         model.load_state_dict(state)

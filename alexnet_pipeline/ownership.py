@@ -243,6 +243,9 @@ def _check_place(path: Path, real: Path, kind: str) -> None:
     if real.exists() and not real.is_dir():
         raise ConfigError(f"out: cannot create the {kind} folder {path}: a file of that name exists; "
                           "pass another --out")
+    if real.is_dir() and not os.access(real, os.W_OK | os.X_OK):
+        raise ConfigError(f"out: this user may not write into the {kind} folder {path}; fix its permissions "
+                          "or pass another --out; nothing was written.")
 
 
 def _entries(path: Path, real: Path) -> list[Path]:

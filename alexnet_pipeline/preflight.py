@@ -10,7 +10,7 @@ import numpy as np
 from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset
 from alexnet_pipeline.download import check_cifar10_reachable
-from alexnet_pipeline.errors import ConfigError, WeightsError
+from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.model import build_alexnet, check_imagenet_weights_reachable
 
 
@@ -18,14 +18,11 @@ def check_inputs(cfg: PipelineConfig) -> int:
     """Raise what is wrong with the inputs; return the number of training
     images a run will use."""
     weights = cfg.model.weights
-    if weights not in ("imagenet", "none") and not Path(weights).expanduser().is_file():
-        raise WeightsError(
-            f"--weights {weights}: no such file; give a torchvision-format AlexNet state_dict, 'imagenet' or 'none'"
-        )
     if weights not in ("imagenet", "none"):
         # A second to load now rather than after download and preprocessing:
-        # refuses a file that is not a state_dict, has other shapes, or would
-        # run code when unpickled.
+        # refuses a missing file, a FIFO or a folder, a file that is not a
+        # state_dict, has other shapes or dtypes, holds NaN, or would run
+        # code when unpickled.
         build_alexnet(2, weights)
     if cfg.data.dataset == "cifar10":
         check_crop_padding(cfg.train, 32)

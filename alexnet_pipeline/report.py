@@ -12,9 +12,11 @@ import platform
 
 import pandas as pd
 
+from alexnet_pipeline.escape import markdown_code, markdown_code_block, markdown_text, plot_text
+
 # Part of the report task's cache key: bump when a change here changes the
 # files or artifacts the report writes.
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_s", "checkpoint"]
 
 
@@ -159,9 +161,10 @@ def confusion_figure(confusion: list[list[int]], class_names: list[str], title: 
         colorbar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         # Many classes: upright labels would overlap, small ones still fit.
         tick_size = 8 if n <= 20 else 6 if n <= 100 else 5
-        ax.set_xticks(range(n), class_names, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
+        labels = [plot_text(name) for name in class_names]
+        ax.set_xticks(range(n), labels, rotation=45 if n <= 20 else 90, ha="right" if n <= 20 else "center",
                       fontsize=tick_size)
-        ax.set_yticks(range(n), class_names, fontsize=tick_size)
+        ax.set_yticks(range(n), labels, fontsize=tick_size)
         ax.set(xlabel="predicted class", ylabel="true class", title=title)
         if n <= 20:
             threshold = matrix.max(initial=0) / 2
@@ -308,7 +311,7 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         f"**Verdict:** {verdict(best['test_acc'], final['test_acc'], num_classes, num_images)}",
         "",
         f"- best test accuracy: **{format_percent(best['test_acc'])}** at epoch {best_epoch}, "
-        f"selected on the test set (`{best['checkpoint']}`)",
+        f"selected on the test set ({markdown_code(best['checkpoint'])})",
         f"- final test accuracy: {format_percent(final['test_acc'])} at epoch {int(final['epoch'])}",
         f"- chance: {format_percent(chance_accuracy(num_classes))} ({num_classes} classes); "
         f"test images: {num_images:,}; seed: {config['train']['seed']}; one run",
@@ -327,7 +330,7 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         f"## Per-class accuracy (best epoch, {best_epoch})",
         "",
         _markdown_table(["Class", "Accuracy (%)", "Test images"],
-                        [[name, format_percent(acc, sign=False), f"{images_:,}"]
+                        [[markdown_text(name), format_percent(acc, sign=False), f"{images_:,}"]
                          for name, acc, images_ in per_class.itertuples(index=False)]),
         "",
         f"![Confusion matrix, epoch {best_epoch}]({images['confusion']})",
@@ -345,8 +348,8 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
     ]
     if skipped_files:
-        lines += ["## Skipped image files (--skip-bad-images)", ""] + [f"- `{f}`" for f in skipped_files] + [""]
-    lines += ["## Configuration", "", "```json", json.dumps(config, indent=2), "```", ""]
+        lines += ["## Skipped image files (--skip-bad-images)", ""] + [f"- {markdown_code(f)}" for f in skipped_files] + [""]
+    lines += ["## Configuration", "", markdown_code_block(json.dumps(config, indent=2), "json"), ""]
     return "\n".join(lines)
 
 

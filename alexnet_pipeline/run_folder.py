@@ -37,6 +37,15 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     if damaged:
         log.warning("Leaving out %s: the content differs from what training wrote (damaged or replaced); "
                     "run the training command again to redo those epochs", ", ".join(p.name for p in damaged))
+    # Training writes one checkpoint per epoch: an epoch below the newest one,
+    # or one resume.pt names, without its file was deleted or moved, and the
+    # report would otherwise lose its row without a word.
+    present = {checkpoint_epoch(p) for p in found}
+    missing = sorted((set(range(1, max(present) + 1)) | set(recorded)) - present)
+    if missing:
+        log.warning("No checkpoint for epoch%s %s in %s (deleted?): the report leaves %s out",
+                    "s" if len(missing) > 1 else "", ", ".join(map(str, missing)), checkpoint_dir,
+                    "them" if len(missing) > 1 else "it")
     kept = [p for p in found if p not in damaged]
     if not kept:
         raise CheckpointError(f"every checkpoint in {checkpoint_dir} differs from what training wrote; "

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from alexnet_pipeline.errors import ConfigError
+from alexnet_pipeline.escape import plot_text
 from alexnet_pipeline.report import best_row
 
 # train_seconds comes from the run folder (its epochs' recorded times), so it
@@ -130,7 +131,7 @@ def sweep_figure(curves: dict[str, pd.DataFrame], num_classes: int | None = None
         fig, ax = plt.subplots(figsize=(8, 4.8))
         offsets = trial_offsets(len(curves))
         for i, ((label, curve), offset) in enumerate(zip(curves.items(), offsets)):
-            ax.plot(curve["epoch"] + offset, curve["test_acc"] * 100, label=label,
+            ax.plot(curve["epoch"] + offset, curve["test_acc"] * 100, label=plot_text(label),
                     marker=TRIAL_MARKERS[i % len(TRIAL_MARKERS)],
                     linestyle=TRIAL_LINESTYLES[i % len(TRIAL_LINESTYLES)],
                     markerfacecolor="none" if i % 2 else None, alpha=0.9)
@@ -191,10 +192,10 @@ def seed_band_figure(group_curves: dict[str, list[pd.DataFrame]], num_classes: i
             table = pd.concat([c.set_index("epoch")["test_acc"] for c in curves], axis=1, join="inner") * 100
             line, = ax.plot(table.index, table.mean(axis=1), marker=TRIAL_MARKERS[i % len(TRIAL_MARKERS)],
                             linestyle=TRIAL_LINESTYLES[i % len(TRIAL_LINESTYLES)],
-                            label=f"{label}: mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
+                            label=f"{plot_text(label)}: mean of {len(curves)} seed{'s' if len(curves) > 1 else ''}")
             if len(curves) > 1:
                 ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=line.get_color(), alpha=0.2,
-                                label=f"{label}: min-max over seeds")
+                                label=f"{plot_text(label)}: min-max over seeds")
             epochs_drawn += list(table.index)
         style_accuracy_axis(ax, num_classes)
         style_epoch_axis(ax, epochs_drawn)

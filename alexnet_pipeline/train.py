@@ -127,6 +127,9 @@ def train_run(
         "class_names": class_names,
         "num_classes": len(class_names),
         "image_size": t.image_size,
+        # The side images are decoded to before the model's resize: what
+        # prediction must decode new files to, to score them as evaluation does.
+        "stored_size": int(arrays.train_images.shape[1]),
         "mean": IMAGENET_MEAN,
         "std": IMAGENET_STD,
         "config": cfg.to_dict(),

@@ -42,7 +42,8 @@ def write_dataset(folder: Path, images: int, rng: np.random.Generator) -> None:
     }
     for name, array in arrays.items():
         np.save(folder / f"{name}.npy", array, allow_pickle=False)
-    (folder / "meta.json").write_text(json.dumps({"key": "benchmark", "class_names": [f"c{i}" for i in range(10)]}))
+    (folder / "meta.json").write_text(json.dumps({"key": "benchmark", "class_names": [f"c{i}" for i in range(10)],
+                                                     "stored_size": 32, "num_train": images, "num_test": 100}))
 
 
 def old_handover_seconds(cfg, device: torch.device, repeats: int) -> float:

@@ -29,7 +29,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import RUN_OPTIONS, Text, config_from_dict, runs_root
-from alexnet_pipeline.errors import ConfigError
+from alexnet_pipeline.download import check_cifar10_reachable
+from alexnet_pipeline.errors import ConfigError, DataError
 from alexnet_pipeline.lock import run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
@@ -81,6 +82,8 @@ def evaluate_latest(
         described = describe_checkpoint.map(checkpoints).result()
     config = described[-1]["config"]
     cfg = config_from_dict(local_config(config, data_dir, cache_dir, device))
+    if data_dir is None:
+        check_recorded_data_folder(cfg, run_path)
     dataset_dir = preprocess.prepared_dataset(cfg, timer)
     trained_on = described[-1].get("dataset_key")
     if trained_on and read_meta(dataset_dir)["key"] != trained_on:
@@ -108,6 +111,22 @@ def evaluate_latest(
         summary = report.report_run(str(run_path), history, evaluations, read_meta(dataset_dir), config,
                                     cfg.train.device, timer)
     return {**summary, "epochs": len(checkpoints)}
+
+
+def check_recorded_data_folder(cfg, run_path: Path) -> None:
+    """The data folder the run recorded no longer holds CIFAR-10 and it
+    cannot be downloaded there: the way out is --data-dir, not the offline
+    download advice (the data was there once; most likely it moved)."""
+    if cfg.data.dataset != "cifar10":
+        return  # an image folder that moved is reported by its scan, which names --data-dir
+    try:
+        check_cifar10_reachable(cfg.data.data_dir, cfg.data.url)
+    except DataError as exc:
+        raise DataError(
+            f"{run_path} was trained on the CIFAR-10 data in {cfg.data.data_dir}, which no longer holds it: "
+            f"if the data moved, pass its new folder (python flows/evaluate.py {run_path} --data-dir NEW_FOLDER). "
+            f"Downloading it again there failed too: {exc}"
+        ) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

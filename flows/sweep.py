@@ -6,7 +6,7 @@ worker per GPU). Waits for all, then writes sweep.csv and sweep.png.
     python flows/sweep.py --file sweep.yaml        # keys: trials, grid, base, out
 
 Needs a Prefect server with the deployments of deployments/prefect.yaml and at
-least one worker (README.md, "Run on several GPU machines"); PREFECT_API_URL names the server.
+least one worker (docs/operations.md, "Run on several GPU machines"); PREFECT_API_URL names the server.
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def sweep(
     for index, params in enumerate(planned, start=1):
         check_trial(index, params)
     # Absolute, because the trials write there from other machines: a shared
-    # filesystem mounted at the same path everywhere (README.md, "Run on several GPU machines").
+    # filesystem mounted at the same path everywhere (docs/operations.md, "Run on several GPU machines").
     sweep_dir = (Path(out).expanduser() if out else default_sweep_dir(runs_root(), planned)).resolve()
     claim_sweep_folder(sweep_dir)  # before any trial starts: never into a folder that is not a sweep's
     launched = [{**params, "out": params.get("out") or str(sweep_dir / f"trial-{index:02d}")}
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"{args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out")
         if not PREFECT_API_URL.value():
             raise ConfigError("a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
-                              "(see README.md, \"Run on several GPU machines\")")
+                              "(see docs/operations.md, \"Run on several GPU machines\")")
         grid = {**(spec.get("grid") or {}), **{k: [_value(k, v) for v in values.split(",")] for k, values in args.grid}}
         base = {**(spec.get("base") or {}), **{k: _value(k, v) for k, v in args.set}}
         request.update(trials=spec.get("trials"), grid=grid or None, base=base or None,

@@ -9,14 +9,19 @@ for _name, _value in {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "alexnet_pipeline",
+    # A command's checks before its flow starts log through the library's
+    # logger too: shown in the terminal, with nothing to send to a server yet.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }.items():
     os.environ.setdefault(_name, _value)
 
 import collections  # noqa: E402
 import logging  # noqa: E402
+import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from alexnet_pipeline.errors import PipelineError  # noqa: E402
+from alexnet_pipeline.files import shown_path  # noqa: E402
 
 
 class _OneLineForUserErrors(logging.Filter):
@@ -92,16 +97,26 @@ class _UnsavedResultWarning(logging.Filter):
             exc = record.args[0] if isinstance(record.args, tuple) else None
         else:
             return True
-        if not isinstance(exc, OSError):
+        if isinstance(exc, OSError):
+            reason = exc.strerror or str(exc)
+            folder = str(Path(exc.filename).parent) if exc.filename else _storage_folder()
+        elif isinstance(exc, ValueError) and (taken := _RECORD_NOT_A_FILE.match(str(exc))):
+            # A record's name taken by a folder, FIFO or device (reading it
+            # was already a cache miss): Prefect raises ValueError, not OSError.
+            reason = f"{shown_path(taken['path'])} is not a file; delete it"
+            folder = str(Path(taken["path"]).parent)
+        else:
             return True
-        reason = exc.strerror or str(exc)
-        folder = str(Path(exc.filename).parent) if exc.filename else _storage_folder()
         unsaved_results.append((folder, reason))
         record.msg, record.args = ("could not save this result in %s (%s): the run goes on, but running it again "
                                    "will redo this stage"), (folder, reason)
         record.exc_info, record.exc_text = None, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+# Prefect's wording (prefect/filesystems.py, LocalFileSystem.write_path).
+_RECORD_NOT_A_FILE = re.compile(r"Path (?P<path>.+) already exists and is not a file\.?$", re.DOTALL)
 
 
 def _storage_folder() -> str:

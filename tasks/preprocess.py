@@ -4,7 +4,7 @@ from pathlib import Path
 
 from prefect import task
 
-from alexnet_pipeline.cache import PREPROCESS_VERSION, is_complete, preprocess
+from alexnet_pipeline.cache import PREPROCESS_VERSION, is_usable, preprocess
 from alexnet_pipeline.config import DataConfig, PipelineConfig
 from alexnet_pipeline.timing import StageTimer
 from tasks import download
@@ -39,7 +39,9 @@ NOT_READ_BY_PREPROCESS = ("url", "md5", "verify")
 
 
 def still_valid(dataset_dir: str) -> bool:
-    return is_complete(Path(dataset_dir))
+    # A cached path whose arrays were altered since is a miss: the task
+    # runs again and the library rebuilds the entry.
+    return is_usable(Path(dataset_dir))
 
 
 def prepared_dataset(cfg: PipelineConfig, timer: StageTimer) -> str:

@@ -8,6 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from alexnet_pipeline import faults
+from alexnet_pipeline.escape import markdown_code
 from alexnet_pipeline.files import atomic_path, atomic_write_text
 from alexnet_pipeline.ownership import REPORT_FILES
 from alexnet_pipeline.report import (
@@ -67,9 +68,9 @@ def write_report(run_dir: str, history: list[dict], evaluations: list[dict], cla
     # those, so the artifact carries them inline.
     atomic_write_text(out / "report.md", report_markdown(*report_args))
     inline = {name: "data:image/png;base64," + base64.b64encode(data).decode() for name, data in pngs.items()}
-    create_table_artifact(df.to_dict(orient="records"), key="accuracy-per-epoch", description=f"{run_dir}: accuracy per epoch")
+    create_table_artifact(df.to_dict(orient="records"), key="accuracy-per-epoch", description=f"{markdown_code(run_dir)}: accuracy per epoch")
     create_markdown_artifact(report_markdown(*report_args, images=inline), key="accuracy-report",
-                             description=f"{run_dir}: report.md, images inline")
+                             description=f"{markdown_code(run_dir)}: report.md, images inline")
     return {name: str(out / name) for name in REPORT_FILES}
 
 

@@ -7,6 +7,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
 
+from alexnet_pipeline.escape import markdown_code
 from alexnet_pipeline.files import atomic_path, atomic_write_text
 from alexnet_pipeline.sweep import (
     accuracy_curve,
@@ -89,6 +90,6 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
 
     plt.close(fig)
     create_table_artifact(table.astype(object).fillna("").to_dict(orient="records"), key="sweep-results",
-                          description=f"{sweep_dir}: one row per trial")
+                          description=f"{markdown_code(sweep_dir)}: one row per trial")
     get_run_logger().info("sweep results: %s", ", ".join(paths.values()))
     return paths

@@ -187,6 +187,7 @@ def runs_root(tmp_path_factory, cifar_archive_dir) -> Path:
 def test_readme_checkpoint_example_loads_the_newest_checkpoint_as_written(runs_root, monkeypatch):
     snippets = ["\n".join(text for _, _, text in lines) for language, lines in code_blocks() if language == "python"]
     example = next(s for s in snippets if "load_checkpoint" in s)
+    assert "selected_checkpoint" in example  # the run's selected checkpoint, not merely the newest file
     monkeypatch.chdir(runs_root)
     namespace: dict = {}
     exec(compile(example, "snippet", "exec"), namespace)  # noqa: S102 - our own page

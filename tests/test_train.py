@@ -444,6 +444,28 @@ def test_evaluation_leaves_out_a_checkpoint_changed_since_training(trained, tmp_
         run_checkpoints(tmp_path / "nowhere")
 
 
+@pytest.mark.filterwarnings("ignore:Logger 'alexnet_pipeline.run_folder' attempted to send logs")
+def test_evaluation_warns_about_a_deleted_checkpoint(trained, tmp_path, caplog):
+    """A checkpoint deleted by hand is named in a warning, not dropped from
+    the report silently: below the newest epoch, and (the newest one) when
+    resume.pt still names it."""
+    from alexnet_pipeline.run_folder import run_checkpoints
+
+    _, run_dir, _ = trained
+    copy_dir = tmp_path / "run"
+    shutil.copytree(run_dir, copy_dir)
+    with caplog.at_level(logging.WARNING):
+        run_checkpoints(copy_dir)
+    assert "No checkpoint for epoch" not in caplog.text
+    for epoch in (1, 2):
+        shutil.copytree(run_dir, copy_dir, dirs_exist_ok=True)
+        (copy_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt").unlink()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert [p.name for p in run_checkpoints(copy_dir)] == [f"alexnet-{3 - epoch:02d}.pt"]
+        assert f"No checkpoint for epoch {epoch} in {copy_dir / 'checkpoints'} (deleted?)" in caplog.text
+
+
 def test_checkpoint_writer_lets_at_most_two_epochs_wait():
     """Each pending epoch holds ~0.7 GB of host copies: on a disk slower than
     training, the third submission waits for the oldest write to finish."""

@@ -201,3 +201,61 @@ def test_report_artifact_page_shows_plots_tables_and_best_accuracy(prefect_serve
     assert BEST in text and "Verdict" in text and "near chance" in text
     assert "Accuracy per epoch" in text and "2 (best)" in text  # the per-epoch table
     assert "Per-class accuracy" in text and all(name in text for name in CIFAR)
+
+
+# Class names a user's image folder may hold (issue 24): markup of every kind,
+# to be shown as typed, never rendered.
+HOSTILE = ["a|b", '<img src=x onerror="window.__xss=1">', "[x](javascript:window.__xss=2)", r"$\frac{a}{b}$",
+           "``code``", "*em* _em_", "www.example.com", "<script>window.__xss=3</script>", "two\nlines", "cat"]
+
+
+def test_hostile_class_names_are_text_on_the_artifact_page(prefect_server_with_ui, tmp_path):
+    _need(Path(CHROMIUM).is_file(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "the playwright package is not installed (pip install -e '.[test]')")
+    from alexnet_pipeline.escape import visible_text
+
+    url = prefect_server_with_ui
+    run_dir = tmp_path / "run <b>bold</b> [l](javascript:window.__xss=4)"
+    inputs = {**synthetic_report_inputs(run_dir), "class_names": HOSTILE}
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    client_home = tmp_path / "client-home"
+    client_home.mkdir()
+    proc = subprocess.run([sys.executable, "-c", REPORT_FLOW, str(tmp_path / "inputs.json")], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**_clean_env(client_home), "PREFECT_API_URL": f"{url}/api"})
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    artifacts = _api(f"{url}/api/artifacts/filter", {"artifacts": {"key": {"any_": ["accuracy-report"]}}})
+    (artifact,) = [a for a in artifacts if str(run_dir.name) in (a.get("description") or "")]
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 3000})
+            dialogs = []
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.goto(f"{url}/artifacts/artifact/{artifact['id']}", wait_until="networkidle", timeout=PAGE_S * 1000)
+            try:
+                page.wait_for_function("() => document.body.innerText.includes('Per-class accuracy')",
+                                       timeout=PAGE_S * 1000)
+            except Exception:  # noqa: BLE001 - playwright's TimeoutError: the assertions say what is missing
+                pass
+            seen = page.evaluate("""() => ({
+                xss: window.__xss,
+                text: document.body.innerText,
+                foreignImages: Array.from(document.images).filter(img => !img.src.startsWith('data:')).length,
+                scriptLinks: Array.from(document.querySelectorAll('a')).filter(a => a.href.startsWith('javascript')).length,
+                bold: Array.from(document.querySelectorAll('b')).length,
+                rows: Array.from(document.querySelectorAll('table')).map(t =>
+                    Array.from(t.querySelectorAll('tbody tr')).map(r =>
+                        Array.from(r.querySelectorAll('td')).map(c => c.innerText))),
+            })""")
+        finally:
+            browser.close()
+    assert seen["xss"] is None and dialogs == []
+    assert seen["foreignImages"] == 0 and seen["scriptLinks"] == 0 and seen["bold"] == 0
+    (per_class,) = [rows for rows in seen["rows"] if rows and rows[0][0] == visible_text(HOSTILE[0])]
+    assert [row[0] for row in per_class] == [visible_text(name) for name in HOSTILE]
+    assert all(len(row) == 3 for row in per_class)
