@@ -27,6 +27,8 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import os
 import socket
 import subprocess
@@ -221,12 +223,18 @@ def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
     with stack traces that are not about the run. The log's last lines are
     in the error when the server fails to start; it is kept when the server
     exits during a run, and deleted when the run stops it."""
-    import prefect
-    from prefect.logging import get_logger
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     settings = get_current_settings()
+    with _first_start_alone(settings, timeout):
+        return _start(settings, timeout)
+
+
+def _start(settings, timeout: float) -> TemporaryServer:
+    import prefect
+    from prefect.logging import get_logger
+
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            **settings.to_environment_variables(exclude_unset=True)}
     env.pop("PREFECT_API_URL", None)
@@ -259,6 +267,73 @@ def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
         get_logger().info(f"Started a temporary Prefect server on {url.removesuffix('/api')} for this run "
                           f"(pid {process.pid}); it stops when the run ends")
         return TemporaryServer(url, process, log)
+
+
+@contextlib.contextmanager
+def _first_start_alone(settings, timeout: float) -> Iterator[None]:
+    """Let a server that may create the database start alone.
+
+    Each temporary server creates the database's tables when it starts, if
+    they are not there yet. Runs started together on a new PREFECT_HOME (as
+    the lock message advises: several runs, each its own --out) started
+    servers that raced to create the same tables, and one failed with
+    "index ... already exists" (4 of 24 such runs). So a start holds an
+    flock on PREFECT_HOME until its server answers, unless a mark says a
+    server of this Prefect version has already made this database; the
+    starts after that go at once, in parallel. The kernel drops the lock if
+    the run dies, so a crashed start never blocks the next one."""
+    import prefect
+
+    home = Path(settings.home).expanduser()
+    url = settings.server.database.connection_url.get_secret_value()
+    database = _sqlite_file(url)
+    # The URL may hold a password: the mark holds its hash only.
+    wanted = hashlib.sha256(f"{prefect.__version__}\n{url}".encode()).hexdigest()
+    mark = home / ".alexnet-database-made"
+
+    def made() -> bool:
+        try:
+            return mark.read_text() == wanted and (database is None or database.is_file())
+        except OSError:
+            return False
+
+    if made():
+        yield
+        return
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(home / ".alexnet-server-start.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a home this user may not write: nothing to share it with
+        yield
+        return
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PrefectServerError(
+                        f"another run's temporary Prefect server has been creating its database in {home} "
+                        f"for more than {timeout:.0f} s; run again once it has started") from None
+                time.sleep(0.1)
+        if made():  # made while this start waited
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
+        with contextlib.suppress(OSError):
+            mark.write_text(wanted)
+    finally:
+        os.close(fd)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL (sqlite+aiosqlite:////abs/prefect.db),
+    None for another database or one in memory."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.partition(":///")[2].partition("?")[0]
+    return Path(path) if path and path != ":memory:" else None
 
 
 def _server_log(folder: Path, port: int) -> Path:

@@ -345,6 +345,39 @@ def test_a_stopping_process_leaves_no_temporary_file_and_renames_none(tmp_path):
 # --- a Prefect server that goes away -----------------------------------------------------
 
 
+# Waits for the moment in argv[1], then does what a run does with its server.
+_START_AT = """
+import sys, time
+from flows.prefect_server import prefect_server, probe
+start = float(sys.argv[1])
+while time.time() < start:
+    time.sleep(0.005)
+with prefect_server() as url:
+    assert probe(url) is None
+"""
+
+
+@pytest.mark.slow
+def test_runs_started_together_on_a_new_prefect_home_all_get_a_server(tmp_path):
+    """Four runs started in the same instant on a PREFECT_HOME with no
+    database yet: each temporary server used to create the tables at once,
+    and some exited with "index ... already exists" (2 of 4 here before the
+    fix). The first start now makes the database alone; all four start."""
+    home = tmp_path / "home"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home),
+           # a deadline for four servers booting on two cores, not a measurement
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
+    start = f"{time.time() + 10:.3f}"  # after the four interpreters have imported Prefect
+    runs = [subprocess.Popen([sys.executable, "-c", _START_AT, start], env=env, cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+            for _ in range(4)]
+    results = [run.communicate(timeout=400) for run in runs]
+    failed = [err for run, (_, err) in zip(runs, results, strict=True) if run.returncode != 0]
+    assert not failed, failed[0][-2000:]
+    assert not list(home.glob("temporary-server-*.log"))  # every server stopped as asked
+
+
 @pytest.mark.slow
 def test_the_temporary_server_killed_ends_the_run_in_seconds(runs, cifar_data_dir, tmp_path):
     """The temporary server dies (OOM killer, `kill -9`): it cannot come back,
