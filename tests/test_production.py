@@ -282,7 +282,7 @@ def test_set_up_reports_every_part(production):
     deployments = subprocess.run([str(single_host.pg_bin() / "psql"), "-h", "127.0.0.1", "-p",
                                   str(production.setup.pg_port), "-U", "postgres", "-d", "prefect", "-tAc",
                                   "SELECT count(*) FROM deployment"], capture_output=True, text=True, check=True)
-    assert deployments.stdout.strip() == "4"
+    assert deployments.stdout.strip() == "5"  # prefect.yaml: nightly, on-demand, evaluate-latest, predict, sweep
     on_demand = production.api("GET", "/deployments/name/full-run/on-demand")
     assert on_demand["job_variables"]["env"]["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] == str(HEARTBEAT_S)
     (automation,) = [a for a in production.api("POST", "/automations/filter", {}) if a["name"] == "crash-zombie-flow-runs"]
