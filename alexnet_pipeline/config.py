@@ -52,6 +52,19 @@ RUNS_ROOT_ENV = "ALEXNET_PIPELINE_RUNS_ROOT"
 # `--no-verify` on the same archive resumes the same run folder (and out of
 # what a refusal to resume reports as different).
 RESULT_NEUTRAL_DATA_FIELDS = ("data_dir", "cache_dir", "decode_workers", "url", "verify", "md5")
+# Which checkpoints stay on disk once evaluated: every epoch is trained and
+# evaluated the same either way.
+RESULT_NEUTRAL_TRAIN_FIELDS = ("keep_checkpoints",)
+
+
+def results_part(config: dict) -> dict:
+    """The part of a config dict that changes results: what the fingerprint
+    hashes and what a refusal to resume compares."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items() if k != "out"}
+    for section, fields in (("data", RESULT_NEUTRAL_DATA_FIELDS), ("train", RESULT_NEUTRAL_TRAIN_FIELDS)):
+        for key in fields:
+            d.get(section, {}).pop(key, None)
+    return d
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 # Bounds on a YAML file, checked before it is turned into objects: a config is
@@ -189,6 +202,12 @@ class DataConfig(_Section):
         False, description="leave out image files that cannot be decoded (listed in the report)")
     url: Text = Field(CIFAR10_URL, description="where the CIFAR-10 archive is downloaded from")
     md5: Text = Field(CIFAR10_MD5, description="the CIFAR-10 archive's MD5 (checked unless verify is false)")
+    val_fraction: Annotated[Number, Flag(metavar="F"), Limits("must be between 0 and 0.5, got {value}",
+                                                            "must be between 0 and 0.5, got {value}")] = Field(
+        0.1, ge=0, le=0.5, description="share of each class's training images held out as the validation split, "
+                                       "the same images for every seed and trial; the best epoch is chosen on it. "
+                                       "0: no split, the best epoch is chosen on the test set. An image folder "
+                                       "with a val/ folder uses that folder instead")
     decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
                                                      f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
         None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: one per CPU)")
@@ -229,6 +248,9 @@ class TrainConfig(_Section):
     device: Annotated[Literal["auto", "cpu", "cuda"], Flag()] = Field(
         "auto", description="auto: a CUDA GPU when there is one")
     eval_batch_size: Integer = Field(1000, ge=1, le=MAX_BATCH_SIZE, description="batch size when evaluating")
+    keep_checkpoints: Annotated[Literal["best_last", "all"], Flag()] = Field(
+        "best_last", description="checkpoints kept once evaluated: best_last (the selected epoch's and the last "
+                                 "epoch's) or all. Every epoch is evaluated and reported either way")
 
     @model_validator(mode="after")
     def _warmup_within_training(self, info: ValidationInfo) -> TrainConfig:
@@ -269,10 +291,7 @@ class PipelineConfig(_Section):
 
     def fingerprint(self) -> str:
         """Hash of everything that changes results; the run folder follows from it."""
-        d = self.to_dict()
-        d.pop("out")
-        for key in RESULT_NEUTRAL_DATA_FIELDS:
-            d["data"].pop(key)
+        d = results_part(self.to_dict())
         # A weights file counts by its content: the same path holding other
         # weights is another run, not a cache hit.
         weights = Path(self.model.weights).expanduser()

@@ -424,3 +424,26 @@ def balanced_subset(labels: np.ndarray, limit: int | None, num_classes: int) -> 
         raise DataError(f"--subset {limit} is smaller than the number of classes ({num_classes}); use at least {num_classes}")
     chosen = [np.flatnonzero(labels == c)[:per_class] for c in range(num_classes)]
     return np.sort(np.concatenate(chosen))
+
+
+# Fixed, not the run's seed: every trial and seed of a sweep holds out the
+# same images, so their validation accuracies compare on one split.
+SPLIT_SEED = 20260601
+
+
+def validation_split(labels: np.ndarray, fraction: float, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, validation indices) into `labels`, both sorted:
+    round(fraction * n) of each class's n images held out, drawn with a
+    fixed seed (at least one per class when `fraction` > 0 and the class has
+    two or more). `fraction` 0: every image trains, none validates."""
+    if fraction <= 0:
+        return np.arange(len(labels)), np.arange(0)
+    rng = np.random.default_rng(SPLIT_SEED)
+    held_out = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        count = min(max(1, round(fraction * len(members))), len(members) - 1) if len(members) > 1 else 0
+        held_out.append(rng.permutation(members)[:count])
+    val = np.sort(np.concatenate(held_out)) if held_out else np.arange(0)
+    train = np.setdiff1d(np.arange(len(labels)), val, assume_unique=True)
+    return train, val.astype(train.dtype)

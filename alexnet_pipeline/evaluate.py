@@ -20,14 +20,14 @@ import torch.nn.functional as F
 from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
 from alexnet_pipeline.checkpoint import load_checkpoint, model_from_checkpoint
-from alexnet_pipeline.data import balanced_subset
+from alexnet_pipeline.data import balanced_subset, validation_split
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
 from alexnet_pipeline.errors import CheckpointError, DeviceMemoryError
 from alexnet_pipeline.transforms import BatchTransform
 
 # Part of the evaluation task's cache key: bump when a change here (or in
 # how checkpoints are loaded) changes what evaluate_checkpoint returns.
-EVALUATE_VERSION = 1
+EVALUATE_VERSION = 2
 
 
 @dataclass
@@ -109,22 +109,29 @@ def evaluate_batches(model: torch.nn.Module, batches: Iterable[tuple[torch.Tenso
     )
 
 
-_test_sets: dict[tuple, DeviceDataset] = {}
-_test_sets_lock = threading.Lock()
+_eval_sets: dict[tuple, DeviceDataset] = {}
+_eval_sets_lock = threading.Lock()
 
 
-def test_set_on_device(dataset_dir: Path, subset: int | None, device: torch.device) -> DeviceDataset:
-    """The test images and labels for `device`, prepared once per process
-    (evaluation reads the same test set for every checkpoint): held on the
-    device as uint8 when they fit, else streamed from the memory-mapped cache
-    like training data."""
-    key = (str(Path(dataset_dir).resolve()), read_meta(dataset_dir)["key"], subset, str(device))
-    with _test_sets_lock:
-        if key not in _test_sets:
+def eval_set_on_device(dataset_dir: Path, split: str, subset: int | None, device: torch.device,
+                       val_fraction: float = 0.0) -> DeviceDataset:
+    """The images and labels of `split` ("test", or "val": the validation
+    split held out of the training images, data.validation_split) for
+    `device`, prepared once per process (every checkpoint is scored on the
+    same images): held on the device as uint8 when they fit, else streamed
+    from the memory-mapped cache like training data."""
+    key = (str(Path(dataset_dir).resolve()), read_meta(dataset_dir)["key"], split, subset, val_fraction, str(device))
+    with _eval_sets_lock:
+        if key not in _eval_sets:
             arrays = load_arrays(dataset_dir)
-            keep = balanced_subset(arrays.test_labels, subset, len(arrays.class_names))
-            _test_sets[key] = DeviceDataset(arrays.test_images, arrays.test_labels, keep, device)
-        return _test_sets[key]
+            if split == "test":
+                images, labels, pool = arrays.test_images, arrays.test_labels, np.arange(len(arrays.test_labels))
+            else:
+                images, labels = arrays.train_images, arrays.train_labels
+                pool = validation_split(labels, val_fraction, len(arrays.class_names))[1]
+            keep = pool[balanced_subset(labels[pool], subset, len(arrays.class_names))]
+            _eval_sets[key] = DeviceDataset(images, labels, keep, device)
+        return _eval_sets[key]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device: str = "auto",
@@ -133,6 +140,15 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
     """Rebuild the model from the checkpoint file alone and evaluate it on the
     cached test set; refuse a checkpoint made for other classes, or for
     another input size than `image_size` when the caller names one."""
+    return evaluate_splits(checkpoint, dataset_dir, device, subset, batch_size, image_size, splits=("test",))["test"]
+
+
+def evaluate_splits(checkpoint: str | Path, dataset_dir: str | Path, device: str = "auto",
+                    subset: int | None = None, batch_size: int = 1000, image_size: int | None = None,
+                    splits: tuple[str, ...] = ("val", "test")) -> dict[str, EvalResult]:
+    """evaluate_checkpoint on each of `splits`, the model built once. "val"
+    is left out for a run trained without a validation split (its
+    checkpoint's config says which images were held out)."""
     dev = resolve_device(device)
     ckpt = load_checkpoint(checkpoint)
     faults.crash_point("evaluate", int(ckpt["epoch"]))
@@ -149,11 +165,17 @@ def evaluate_checkpoint(checkpoint: str | Path, dataset_dir: str | Path, device:
             f"trained at {image_size}"
         )
     model, transform = prepared_model(ckpt, dev, source=checkpoint)
+    val_fraction = float(((ckpt.get("config") or {}).get("data") or {}).get("val_fraction") or 0.0)
+    results = {}
     try:
-        test_set = test_set_on_device(Path(dataset_dir), subset, dev)
-        in_stored_order = torch.arange(test_set.count)
-        batches = ((images, labels) for images, labels, _ in test_set.batches(in_stored_order, batch_size))
-        return evaluate_batches(model, batches, transform, len(class_names))
+        for split in splits:
+            if split == "val" and val_fraction == 0:
+                continue
+            eval_set = eval_set_on_device(Path(dataset_dir), split, subset, dev, val_fraction)
+            in_stored_order = torch.arange(eval_set.count)
+            batches = ((images, labels) for images, labels, _ in eval_set.batches(in_stored_order, batch_size))
+            results[split] = evaluate_batches(model, batches, transform, len(class_names))
+        return results
     except torch.cuda.OutOfMemoryError:
         raise DeviceMemoryError(
             f"the GPU ran out of memory evaluating {checkpoint} in batches of {batch_size}; set a smaller "

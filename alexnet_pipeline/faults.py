@@ -30,6 +30,9 @@ POINTS = {
               "(the re-run completes the rename: the epoch is not trained again)",
     "after-checkpoint": "alexnet-NN.pt and resume.pt both complete",
     "evaluate": "after loading checkpoint N for evaluation",
+    "prune": "epoch N evaluated and the run record naming the checkpoints kept saved, before the others "
+             "are deleted",
+    "finish": "the run record says finished, resume.pt not yet deleted",
     "report": "accuracy.csv and the figures written, report.md not yet",
 }
 

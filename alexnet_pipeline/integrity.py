@@ -62,6 +62,13 @@ def record_sha256(path: str | Path, sha256: str) -> None:
     atomic_write_text(_record_path(path), json.dumps({"sha256": sha256, "stat": list(key[1:])}))
 
 
+def remove_with_record(path: str | Path) -> None:
+    """Delete a file and the hash recorded beside it (record_sha256)."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _record_path(path).unlink(missing_ok=True)
+
+
 def intact(path: str | Path, expected_sha256: str) -> bool:
     """Whether `path` is a file holding exactly the bytes whose SHA-256 is
     `expected_sha256`. False for a missing file; reads the file only when

@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from alexnet_pipeline.config import RESULT_NEUTRAL_DATA_FIELDS, PipelineConfig, runs_root
+from alexnet_pipeline.config import PipelineConfig, results_part, runs_root
+from alexnet_pipeline.record import RECORD_NAME
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.files import atomic_write_text, create_text_exclusively
 
@@ -91,10 +92,7 @@ def _comparable(config: dict) -> dict:
     """The part of a config that changes results (as PipelineConfig.fingerprint
     counts it, less the --weights file's content, which a config dict alone
     does not know)."""
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items() if k != "out"}
-    for key in RESULT_NEUTRAL_DATA_FIELDS:
-        d.get("data", {}).pop(key, None)
-    return d
+    return results_part(config)
 
 
 @dataclass(frozen=True)
@@ -265,7 +263,7 @@ def _unknown_in_run_folder(real: Path) -> list[str]:
         if entry.name == CHECKPOINT_DIR and entry.is_dir():  # a link to a folder elsewhere counts too
             unknown += [f"{CHECKPOINT_DIR}/{_entry_name(e)}" for e in sorted(entry.iterdir())
                         if e.is_dir() or not _known_name(e.name, _CHECKPOINT_FOLDER_FILE.fullmatch)]
-        elif entry.is_dir() or not _known_name(entry.name, {RUN_MARKER, LOCK_NAME, *REPORT_FILES}.__contains__):
+        elif entry.is_dir() or not _known_name(entry.name, {RUN_MARKER, LOCK_NAME, RECORD_NAME, *REPORT_FILES}.__contains__):
             unknown.append(_entry_name(entry))
     return unknown
 

@@ -1,7 +1,7 @@
 """The accuracy report as data: DataFrames, matplotlib figures and markdown
 text. Writing them to disk is the caller's job (tasks/report.py).
 
-    df = epoch_table(history, evaluations)
+    df = epoch_table(rows)                     # rows: the run record's (alexnet_pipeline.record)
     fig = accuracy_figure(df)
 """
 
@@ -13,25 +13,36 @@ import platform
 import pandas as pd
 
 from alexnet_pipeline.escape import markdown_code, markdown_code_block, markdown_text, plot_text
+from alexnet_pipeline.record import select_epoch, uses_validation
 
 # Part of the report task's cache key: bump when a change here changes the
 # files or artifacts the report writes.
-REPORT_VERSION = 2
-COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_s", "checkpoint"]
+REPORT_VERSION = 3
+# Accuracies are fractions (0.923), as torch and pandas compute them; the
+# report shows them as percent. `evaluated`: "now" for a checkpoint scored
+# by this invocation or during training, "recorded" for an epoch whose
+# checkpoint is gone and whose numbers come from the run record.
+COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
+           "epoch_seconds", "images_per_s", "checkpoint", "evaluated"]
 
 
-def epoch_table(history: list[dict], evaluations: list[dict]) -> pd.DataFrame:
-    """One row per epoch; `evaluations[i]` is the EvalResult (as a dict) of
-    the checkpoint of `history[i]`."""
-    rows = []
-    for stats, result in zip(history, evaluations, strict=True):
-        rows.append({**stats, "test_loss": result["loss"], "test_acc": result["accuracy"]})
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values("epoch").reset_index(drop=True)
+def epoch_table(rows: list[dict]) -> pd.DataFrame:
+    """One row per epoch, from the run record's rows (record.row_of)."""
+    table = pd.DataFrame([{"evaluated": "now", **row} for row in rows], columns=COLUMNS)
+    table[["val_loss", "val_acc"]] = table[["val_loss", "val_acc"]].astype(float)
+    return table.sort_values("epoch").reset_index(drop=True)
 
 
 def best_row(df: pd.DataFrame) -> pd.Series:
-    """Highest test accuracy; the earliest epoch wins a tie."""
-    return df.loc[df["test_acc"].idxmax()]
+    """The selected epoch's row (record.select_epoch: highest validation
+    accuracy, or test accuracy for a run without a split; the earliest epoch
+    on a tie)."""
+    epoch = select_epoch(df.to_dict(orient="records"))
+    return df.loc[df["epoch"] == epoch].iloc[0]
+
+
+def selected_on(df: pd.DataFrame) -> str:
+    return "validation" if uses_validation(df.to_dict(orient="records")) else "test"
 
 
 def per_class_table(result: dict, class_names: list[str]) -> pd.DataFrame:
@@ -52,8 +63,8 @@ FIGURE_STYLE = {
 }
 # Train and test differ in marker as well as colour (legible in greyscale and
 # when the two points of an epoch coincide).
-TRAIN_COLOR, TEST_COLOR = "tab:blue", "tab:orange"
-TRAIN_MARKER, TEST_MARKER = "s-", "o-"
+TRAIN_COLOR, TEST_COLOR, VAL_COLOR = "tab:blue", "tab:orange", "tab:green"
+TRAIN_MARKER, TEST_MARKER, VAL_MARKER = "s-", "o-", "^-"
 CHANCE_STYLE = {"color": "0.35", "linestyle": "--", "linewidth": 1}
 BEST_STYLE = {"color": "0.5", "linestyle": ":", "linewidth": 1}
 
@@ -99,21 +110,24 @@ def style_epoch_axis(ax, epochs) -> None:
 
 def accuracy_figure(df: pd.DataFrame, num_classes: int | None = None, label_smoothing: float | None = None):
     """Accuracy (0-100%, chance drawn) and loss (from 0, a uniform guess's
-    loss drawn) per epoch; the best epoch marked, and said to be chosen on
-    the test set."""
+    loss drawn) per epoch: train, validation (when the run has a split) and
+    test; the selected epoch marked, with what it was selected on."""
     import math
 
     import matplotlib.pyplot as plt
 
-    best = best_row(df)
+    best, on = best_row(df), selected_on(df)
+    with_val = on == "validation"
     with figure_style():
         fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
         acc_ax.plot(df["epoch"], df["train_acc"] * 100, TRAIN_MARKER, color=TRAIN_COLOR, label="train")
+        if with_val:
+            acc_ax.plot(df["epoch"], df["val_acc"] * 100, VAL_MARKER, color=VAL_COLOR, label="validation")
         acc_ax.plot(df["epoch"], df["test_acc"] * 100, TEST_MARKER, color=TEST_COLOR, label="test")
-        # The best epoch is named in the legend, not in a text label that
+        # The selected epoch is named in the legend, not in a text label that
         # would sit on the curves of a long run.
         acc_ax.axvline(best["epoch"], **BEST_STYLE,
-                       label=f"best: {format_percent(best['test_acc'])}, epoch {int(best['epoch'])} (selected on test set)")
+                       label=f"selected on {on}: epoch {int(best['epoch'])}, test {format_percent(best['test_acc'])}")
         # A ring, not a filled marker: it must not hide the points under it.
         acc_ax.plot([best["epoch"]], [best["test_acc"] * 100], "o", markersize=12, markerfacecolor="none",
                     markeredgecolor="black", markeredgewidth=1, zorder=3)
@@ -123,9 +137,11 @@ def accuracy_figure(df: pd.DataFrame, num_classes: int | None = None, label_smoo
 
         smoothing = f" (label smoothing {label_smoothing:g})" if label_smoothing else ""
         loss_ax.plot(df["epoch"], df["train_loss"], TRAIN_MARKER, color=TRAIN_COLOR, label=f"train{smoothing}")
+        if with_val:
+            loss_ax.plot(df["epoch"], df["val_loss"], VAL_MARKER, color=VAL_COLOR, label="validation (cross-entropy)")
         loss_ax.plot(df["epoch"], df["test_loss"], TEST_MARKER, color=TEST_COLOR, label="test (cross-entropy)")
         loss_ax.axvline(best["epoch"], **BEST_STYLE)
-        top = max(df["train_loss"].max(), df["test_loss"].max())
+        top = max(df["train_loss"].max(), df["test_loss"].max(), df["val_loss"].max() if with_val else 0)
         if num_classes:
             # A uniform prediction's cross-entropy is ln(C), label smoothing or not.
             uniform = math.log(num_classes)
@@ -230,6 +246,8 @@ EPOCH_TABLE = {
     "epoch": ("Epoch", "{:d}"),
     "train_loss": ("Train loss", "{:.3f}"),
     "train_acc": ("Train accuracy (%)", "percent"),
+    "val_loss": ("Validation loss", "{:.3f}"),
+    "val_acc": ("Validation accuracy (%)", "percent"),
     "test_loss": ("Test loss", "{:.3f}"),
     "test_acc": ("Test accuracy (%)", "percent"),
     "lr": ("Learning rate", "{:.3g}"),
@@ -263,28 +281,48 @@ def is_near_chance(accuracy: float, num_classes: int, num_images: int) -> bool:
     return accuracy < chance + margin
 
 
-def verdict(best_acc: float, final_acc: float, num_classes: int, num_images: int) -> str:
-    """One line a reader can act on: is this a result, and which number to quote."""
+def verdict(best_acc: float, final_acc: float, num_classes: int, num_images: int, on: str = "test",
+            val_acc: float | None = None, val_images: int = 0) -> str:
+    """One line a reader can act on: is this a result, and which number to
+    quote. `on`: what the best epoch was selected on ("validation" or "test")."""
     chance = format_percent(chance_accuracy(num_classes))
     if is_near_chance(best_acc, num_classes, num_images):
         return (f"near chance: a demonstration that the pipeline runs, not a result "
                 f"(best {format_percent(best_acc)} against {chance} chance for {num_classes} classes, "
                 f"{num_images:,} test images).")
+    if on == "validation":
+        half = _binomial_half_width(best_acc, num_images) * 100
+        return (f"above chance ({chance} for {num_classes} classes). Quote the selected epoch's test accuracy, "
+                f"{format_percent(best_acc)} ± {half:.1f} points (95% interval from {num_images:,} test images, "
+                f"one run): the epoch was selected on the validation split ({format_percent(val_acc)} on "
+                f"{val_images:,} held-out training images), so the test set played no part in choosing it.")
     half = _binomial_half_width(final_acc, num_images) * 100
     return (f"above chance ({chance} for {num_classes} classes). Quote the final epoch, "
             f"{format_percent(final_acc)} ± {half:.1f} points (95% interval from {num_images:,} test images, one run): "
-            f"the best epoch was selected on the test set, so its {format_percent(best_acc)} is optimistic.")
+            f"the best epoch was selected on the test set (this run has no validation split), so its "
+            f"{format_percent(best_acc)} is optimistic.")
+
+
+def headline(summary: dict) -> str:
+    """The command line's last words about a run (full_run, evaluate)."""
+    on = summary["selected_on"]
+    chosen = (f"validation {summary['best_val_acc'] * 100:.2f}%, " if on == "validation" else "")
+    return (f"selected epoch {summary['best_epoch']} (on the {'validation split' if on == 'validation' else 'test set'}): "
+            f"{chosen}test {summary['best_test_acc'] * 100:.2f}%; final epoch test {summary['final_test_acc'] * 100:.2f}%")
 
 
 def epoch_markdown_table(df: pd.DataFrame) -> str:
     """The per-epoch table with readable headers, the best epoch marked."""
     best_epoch = int(best_row(df)["epoch"])
-    columns = [c for c in EPOCH_TABLE if c in df.columns]
+    columns = [c for c in EPOCH_TABLE if c in df.columns
+               and (selected_on(df) == "validation" or c not in ("val_loss", "val_acc"))]
     rows = []
     for _, row in df.iterrows():
         cells = [_format_cell(row[c], EPOCH_TABLE[c][1]) for c in columns]
         if int(row["epoch"]) == best_epoch:
-            cells[0] += " (best)"
+            cells[0] += " (selected)"
+        if row.get("evaluated") == "recorded":
+            cells[0] += " (recorded)"
         rows.append(cells)
     return _markdown_table([EPOCH_TABLE[c][0] for c in columns], rows)
 
@@ -296,8 +334,9 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
     image links point at: the PNG files beside report.md by default, data:
     URIs for Prefect's UI (which cannot serve files from the run folder)."""
     images = {**REPORT_IMAGES, **(images or {})}
-    best, final = best_row(df), df.iloc[-1]
+    best, final, on = best_row(df), df.iloc[-1], selected_on(df)
     num_classes, num_images = len(class_names), int(best_result["num_images"])
+    val_images = int(best.get("val_images") or 0) if on == "validation" else 0
     stage_seconds = measurements["stage_seconds"]
     memory = [f"peak host memory (RSS) {measurements['peak_host_memory_gb']:.2f} GB"]
     if measurements.get("peak_gpu_memory_gb") is not None:
@@ -308,10 +347,16 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
     lines = [
         "# AlexNet accuracy report",
         "",
-        f"**Verdict:** {verdict(best['test_acc'], final['test_acc'], num_classes, num_images)}",
+        f"**Verdict:** {verdict(best['test_acc'], final['test_acc'], num_classes, num_images, on, best['val_acc'], val_images)}",
         "",
-        f"- best test accuracy: **{format_percent(best['test_acc'])}** at epoch {best_epoch}, "
-        f"selected on the test set ({markdown_code(best['checkpoint'])})",
+        (f"- selected epoch: {best_epoch}, the highest validation accuracy ({format_percent(best['val_acc'])} on "
+         f"{val_images:,} images held out of the training set, the same for every seed and trial)"
+         if on == "validation" else
+         f"- selected epoch: {best_epoch}, the highest test accuracy (no validation split: chosen on the test "
+         "set, so its test accuracy is optimistic)"),
+        f"- test accuracy of the selected epoch: **{format_percent(best['test_acc'])}** ± "
+        f"{_binomial_half_width(best['test_acc'], num_images) * 100:.1f} points (95% interval) "
+        f"({markdown_code(best['checkpoint'])})",
         f"- final test accuracy: {format_percent(final['test_acc'])} at epoch {int(final['epoch'])}",
         f"- chance: {format_percent(chance_accuracy(num_classes))} ({num_classes} classes); "
         f"test images: {num_images:,}; seed: {config['train']['seed']}; one run",
@@ -323,11 +368,13 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "Train loss and accuracy are measured on the augmented training batches as they were trained"
         + (f" (loss with label smoothing {smoothing:g})" if smoothing else "")
-        + "; test loss is plain cross-entropy on the test set.",
+        + "; validation and test loss are plain cross-entropy."
+        + (" Rows marked (recorded) are from the run record: their checkpoints are no longer on disk."
+           if (df["evaluated"] == "recorded").any() else ""),
         "",
         f"![Accuracy and loss per epoch]({images['accuracy']})",
         "",
-        f"## Per-class accuracy (best epoch, {best_epoch})",
+        f"## Per-class test accuracy (selected epoch, {best_epoch})",
         "",
         _markdown_table(["Class", "Accuracy (%)", "Test images"],
                         [[markdown_text(name), format_percent(acc, sign=False), f"{images_:,}"]

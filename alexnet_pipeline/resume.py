@@ -24,12 +24,16 @@ from alexnet_pipeline.ownership import RunIdentity, what_differs
 log = logging.getLogger(__name__)
 
 
-def restore_last_epoch(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, optimizer, scheduler) -> dict:
+def restore_last_epoch(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: str, model, optimizer, scheduler,
+                       evaluated: set[int] = frozenset()) -> dict:
     """Load the last complete epoch's weights, optimizer and schedule into
     `model`, `optimizer` and `scheduler` and return the resume state (epoch,
     history, each checkpoint's SHA-256); a fresh state (epoch 0) if there is
-    none, or if any checkpoint it names is missing or changed since it was
-    written. Raises ConfigError if the state belongs to another run."""
+    none, or if the last epoch's checkpoint, or that of an epoch not yet
+    `evaluated` (in the run record), is missing or changed since it was
+    written. Checkpoints of evaluated epochs may be gone (pruned by
+    retention, or by hand): the record holds their results. Raises
+    ConfigError if the state belongs to another run."""
     fresh = {"epoch": 0, "history": [], "checkpoints": {}}
     state = ckpt_io.load_resume_state(checkpoint_dir)
     if state is None:
@@ -43,7 +47,7 @@ def restore_last_epoch(checkpoint_dir: Path, cfg: PipelineConfig, dataset_key: s
             f"{checkpoint_dir.name}/{ckpt_io.RESUME_NAME}; pass another --out, or delete that folder to start over"
         )
     epoch = state["epoch"]
-    for e in range(1, epoch + 1):
+    for e in [e for e in range(1, epoch) if e not in evaluated] + [epoch]:
         path = ckpt_io.checkpoint_path(checkpoint_dir, e)
         if not intact(path, state["checkpoints"][e]):
             log.warning("Checkpoint %s is missing or does not match the hash recorded when it was written; "

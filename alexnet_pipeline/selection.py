@@ -4,8 +4,9 @@ export and the README's loading snippet share.
     from alexnet_pipeline.selection import selected_checkpoint
     path = selected_checkpoint("runs/cifar10-none-e2-0123456789")   # .../checkpoints/alexnet-07.pt
 
-Today the selected epoch is the report's best one (highest test accuracy in
-`accuracy.csv`, the earliest epoch on a tie, as report.best_row picks it).
+The selected epoch is the report's (record.select_epoch: the highest
+validation accuracy, or test accuracy for a run without a validation split;
+the earliest epoch on a tie), as the run record holds it.
 A run without a report yet (stopped before it) falls back to its newest
 checkpoint, and says so.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from alexnet_pipeline.checkpoint import checkpoint_epoch, checkpoint_path, load_checkpoint
 from alexnet_pipeline.errors import CheckpointError
+from alexnet_pipeline.record import RunRecord, select_epoch
 from alexnet_pipeline.run_folder import run_checkpoints
 
 log = logging.getLogger(__name__)
@@ -26,17 +28,18 @@ REPORT_TABLE = "accuracy.csv"
 
 
 def _report_best_epoch(run_dir: Path) -> int | None:
-    """The best epoch by test accuracy in the run's accuracy.csv, or None when
-    there is no readable one."""
+    """The run's selected epoch (record.select_epoch: on validation when the
+    run has a split): from its run record, else from the accuracy.csv of a
+    run folder from before records; None when neither can be read."""
+    record = RunRecord.load(run_dir)
+    if record is not None and record.rows:
+        return record.selected_epoch
     try:
         with open(run_dir / REPORT_TABLE, newline="") as f:
-            rows = [(int(row["epoch"]), float(row["test_acc"])) for row in csv.DictReader(f)]
+            rows = list(csv.DictReader(f))
+        return select_epoch(rows) if rows else None
     except (OSError, KeyError, ValueError, TypeError):
         return None
-    if not rows:
-        return None
-    best_acc = max(acc for _, acc in rows)
-    return min(epoch for epoch, acc in rows if acc == best_acc)
 
 
 def selected_checkpoint(run_dir: str | Path, epoch: int | None = None) -> Path:

@@ -18,12 +18,12 @@ import pandas as pd
 
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.escape import plot_text
-from alexnet_pipeline.report import best_row
+from alexnet_pipeline.report import best_row, selected_on
 
 # train_seconds comes from the run folder (its epochs' recorded times), so it
 # stays the real training time when a re-run of the sweep is a cache hit;
 # wall_seconds is that flow run's own duration.
-RESULT_COLUMNS = ["best_epoch", "best_test_acc", "final_test_acc", "epochs_done", "train_seconds", "wall_seconds",
+RESULT_COLUMNS = ["best_epoch", "selected_on", "best_val_acc", "best_test_acc", "final_test_acc", "epochs_done", "train_seconds", "wall_seconds",
                   "started_at", "ended_at", "run_dir", "flow_run_name", "flow_run_id", "error"]
 
 
@@ -91,16 +91,24 @@ def classes_of_run(run_dir: str | Path) -> int | None:
 
 def run_summary(curve: pd.DataFrame) -> dict[str, Any]:
     best = best_row(curve)
-    return {"best_epoch": int(best["epoch"]), "best_test_acc": float(best["test_acc"]),
+    return {"best_epoch": int(best["epoch"]), "selected_on": selected_on(curve),
+            "best_val_acc": float(best["val_acc"]) if "val_acc" in best else float("nan"),
+            "best_test_acc": float(best["test_acc"]),
             "final_test_acc": float(curve["test_acc"].iloc[-1]), "epochs_done": len(curve),
             "train_seconds": round(float(curve["epoch_seconds"].sum()), 1)}
 
 
 def sweep_table(rows: list[dict], keys: list[str]) -> pd.DataFrame:
-    """One row per trial: number, state, parameters, then results."""
-    columns = ["trial", "state", *keys, *RESULT_COLUMNS]
-    table = pd.DataFrame([{**row.get("params", {}), **row} for row in rows])
-    return table.reindex(columns=columns)
+    """One row per trial: number, state, parameters, then results, and the
+    trials' rank (1: best) by the selected epoch's validation accuracy (test
+    accuracy where the trials have no validation split, and then say so in
+    `selected_on`), so that the test set does not choose the trial either."""
+    columns = ["trial", "state", *keys, "rank", *RESULT_COLUMNS]
+    table = pd.DataFrame([{**row.get("params", {}), **row} for row in rows]).reindex(columns=columns)
+    on_val = table["best_val_acc"].astype(float)
+    score = on_val if on_val.notna().any() else table["best_test_acc"].astype(float)
+    table["rank"] = score.rank(ascending=False, method="min").astype("Int64")
+    return table
 
 
 # Trials with equal results would draw over each other: each trial gets its

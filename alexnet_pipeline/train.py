@@ -32,12 +32,14 @@ from alexnet_pipeline import faults
 from alexnet_pipeline.cache import load_arrays, read_meta
 from alexnet_pipeline.checkpoint_writer import CheckpointWriter, Snapshot, write_epoch
 from alexnet_pipeline.config import PipelineConfig, TrainConfig
-from alexnet_pipeline.data import balanced_subset
+from alexnet_pipeline.data import balanced_subset, validation_split
 from alexnet_pipeline.device_data import DeviceDataset, resolve_device
 from alexnet_pipeline.errors import ConfigError, DeviceMemoryError, TrainingDivergedError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD, build_alexnet
 from alexnet_pipeline.ownership import RunIdentity, claim_run_folder
 from alexnet_pipeline.preflight import check_crop_padding
+from alexnet_pipeline.record import RECORD_NAME, TRAIN_FIELDS, RunRecord
+from alexnet_pipeline.retention import EpochBook, remove_stale_checkpoints
 from alexnet_pipeline.resume import restore_last_epoch
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 # Part of the fine-tune task's cache key: bump when a change to training
 # (here or in transforms.py, device_data.py, model.py) changes its results.
-TRAIN_VERSION = 2
+TRAIN_VERSION = 3
 
 # Steps between progress-bar updates: each one costs a host-device sync.
 SYNC_EVERY = 25
@@ -92,9 +94,21 @@ def train_run(
     device = resolve_device(t.device)
     checkpoint_dir = Path(run_dir) / "checkpoints"
 
+    fingerprint = cfg.fingerprint()
+    dataset_key = read_meta(dataset_dir)["key"]
+    record = RunRecord.load(run_dir)
+    if record is not None and record.is_of(fingerprint, dataset_key) and record.finished:
+        # Finished: its record holds every epoch, whichever checkpoints are
+        # still there (pruned, or deleted by hand). Nothing to train.
+        claim_run_folder(run_dir, RunIdentity(cfg.to_dict(), dataset_key, fingerprint))
+        log.info("%s has finished all %d epochs (its %s); nothing to train", run_dir, t.epochs, RECORD_NAME)
+        return history_of(record, run_dir)
     arrays = load_arrays(dataset_dir)
     class_names = arrays.class_names
-    keep = balanced_subset(arrays.train_labels, cfg.data.subset, len(class_names))
+    # The validation split is held out first, then --subset taken from the
+    # rest: the same split whatever the subset, seed or trial.
+    trainable = validation_split(arrays.train_labels, cfg.data.val_fraction, len(class_names))[0]
+    keep = trainable[balanced_subset(arrays.train_labels[trainable], cfg.data.subset, len(class_names))]
     if t.batch_size > len(keep):
         raise ConfigError(
             f"train.batch_size: {t.batch_size} is larger than the {len(keep)} training images; use a smaller --batch-size"
@@ -104,8 +118,6 @@ def train_run(
     with _out_of_memory_hint(t, "building the model"):
         trainer = build_trainer(t, cfg.model.weights, arrays.train_images, arrays.train_labels, keep,
                                 len(class_names), device, resident_limit_bytes)
-    fingerprint = cfg.fingerprint()
-    dataset_key = read_meta(dataset_dir)["key"]
     # Nothing is written, deleted or created before the folder is known to
     # be ours and to hold this run (marker, resume.pt and every checkpoint
     # agree), and only now: a run refused above (bad settings, weights that
@@ -117,11 +129,18 @@ def train_run(
     model, optimizer, scheduler = trainer.model, trainer.optimizer, trainer.scheduler
     cuda = device.type == "cuda"
 
-    resume_state = restore_last_epoch(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler)
+    if record is None or not record.is_of(fingerprint, dataset_key):
+        record = RunRecord(fingerprint, dataset_key, t.epochs)
+    resume_state = restore_last_epoch(checkpoint_dir, cfg, dataset_key, model, optimizer, scheduler,
+                                      evaluated=record.evaluated)
     history = [EpochStats(**h) for h in resume_state["history"]]
     start_epoch = resume_state["epoch"] + 1
     if start_epoch > 1:
         log.info("Resuming %s after epoch %d of %d", run_dir, start_epoch - 1, t.epochs)
+    else:
+        record = RunRecord(fingerprint, dataset_key, t.epochs)
+        remove_stale_checkpoints(checkpoint_dir)
+    book = EpochBook(cfg, dataset_dir, run_dir, record)
 
     meta_base = {
         "class_names": class_names,
@@ -139,6 +158,10 @@ def train_run(
         "torch_version": str(torch.__version__),
     }
     written = dict(resume_state["checkpoints"])
+    # A run killed between an epoch's commit and its evaluation (or its
+    # pruning) catches up first.
+    book.catch_up(written, [dataclasses.asdict(h) for h in history])
+    book.prune()
     # On a GPU a private snapshot of the state (a device-to-device copy) is
     # taken and a background thread brings it to the host and writes it
     # while the next epochs train (an epoch can be shorter than its write:
@@ -177,7 +200,12 @@ def train_run(
             writer.submit(write_epoch, checkpoint_dir, epoch, state, meta, resume_state, written, in_background)
             if on_epoch_end is not None:
                 on_epoch_end(stats)
+            # What the writer has committed meanwhile (on the CPU: this
+            # epoch) is evaluated now, so that retention can drop the
+            # checkpoints it does not keep while the run goes on.
+            book.catch_up(dict(written), [dataclasses.asdict(h) for h in history])
         writer.drain()
+        book.catch_up(dict(written), [dataclasses.asdict(h) for h in history])
         if t.epochs >= start_epoch:
             log.info(writer.summary(t.epochs - start_epoch + 1, snapshot_seconds))
     finally:
@@ -193,8 +221,14 @@ def train_run(
             release_pinned = getattr(torch._C, "_host_emptyCache", None)
             if release_pinned is not None:
                 release_pinned()
-    final = ckpt_io.load_resume_state(checkpoint_dir)
-    return [EpochStats(**h) for h in final["history"]]
+    book.finish()
+    return history_of(record, run_dir)
+
+
+def history_of(record: RunRecord, run_dir: Path) -> list[EpochStats]:
+    """The training stats of every epoch, as the run record holds them."""
+    return [EpochStats(**{k: row[k] for k in TRAIN_FIELDS}, checkpoint=str(Path(run_dir) / row["checkpoint"]),
+                       checkpoint_sha256=row["checkpoint_sha256"]) for row in record.rows]
 
 
 def writes_in_background(device: torch.device) -> bool:

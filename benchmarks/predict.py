@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from alexnet_pipeline.config import resolve_config
     from alexnet_pipeline.data import bounded_map, decode_image
     from alexnet_pipeline.device_data import resolve_device
-    from alexnet_pipeline.evaluate import evaluate_checkpoint, test_set_on_device
+    from alexnet_pipeline.evaluate import eval_set_on_device, evaluate_checkpoint
     from alexnet_pipeline.predict import checkpoint_preprocessing, image_files, predict_files
     from alexnet_pipeline.checkpoint import load_checkpoint
     from alexnet_pipeline.train import train_run
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = run_dir / "checkpoints" / "alexnet-01.pt"
         files = image_files([bench / "test"])
         stored = checkpoint_preprocessing(load_checkpoint(checkpoint)).stored_size
-        test_set_on_device(dataset_dir, None, device)  # the cache read once, as a run's evaluation has it
+        eval_set_on_device(dataset_dir, "test", None, device)  # the cache read once, as a run's evaluation has it
 
         def sync():
             if device.type == "cuda":

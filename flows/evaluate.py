@@ -1,6 +1,9 @@
 """Evaluate every checkpoint of an existing run folder and regenerate its
 report (accuracy.csv, accuracy.png, confusion.png, report.md). It needs only
 the folder: each checkpoint carries its config, which says where the data is.
+Epochs whose checkpoints are gone (pruned by train.keep_checkpoints, or
+deleted) keep the numbers the run record (record.json) holds, marked
+"recorded": the report never loses an epoch.
 
     python flows/evaluate.py runs/cifar10-none-e2-0123456789
     python flows/evaluate.py                   # the run trained most recently
@@ -30,9 +33,11 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import RUN_OPTIONS, Text, config_from_dict, runs_root
 from alexnet_pipeline.download import check_cifar10_reachable
-from alexnet_pipeline.errors import ConfigError, DataError
+from alexnet_pipeline.errors import CheckpointError, ConfigError, DataError
+from alexnet_pipeline.integrity import sha256_file
 from alexnet_pipeline.lock import run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
+from alexnet_pipeline.record import RunRecord, row_of, select_epoch, uses_validation
 from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
 from alexnet_pipeline.timing import StageTimer
 from flows.command_line import add_run_flags, describe_parameters, run_flow_command
@@ -103,14 +108,32 @@ def evaluate_latest(
                 checkpoints, dataset_dir=unmapped(dataset_dir), device=unmapped(cfg.train.device),
                 subset=unmapped(cfg.data.subset), batch_size=unmapped(cfg.train.eval_batch_size),
             ).result()
-        # The paths recorded at training time may be another machine's; these are this one's.
-        history = [{**d["train_stats"], "checkpoint": path} for d, path in zip(described, checkpoints, strict=True)]
+        scored = {int(d["epoch"]): row_of({**d["train_stats"], "checkpoint_sha256": sha256_file(path)}, scores)
+                  for d, path, scores in zip(described, checkpoints, evaluations, strict=True)}
+        results = {int(d["epoch"]): scores["test"] for d, scores in zip(described, evaluations, strict=True)}
+        summary = merged_with_record(RunRecord.load(run_path), scored, results)
         # This invocation trained nothing: the report keeps the training time
-        # the checkpoints recorded, beside this invocation's own stages.
-        timer.seconds["train (recorded in the checkpoints)"] = round(sum(h["epoch_seconds"] for h in history), 3)
-        summary = report.report_run(str(run_path), history, evaluations, read_meta(dataset_dir), config,
-                                    cfg.train.device, timer)
-    return {**summary, "epochs": len(checkpoints)}
+        # the run recorded, beside this invocation's own stages.
+        timer.seconds["train (recorded)"] = round(sum(r["epoch_seconds"] for r in summary["rows"]), 3)
+        result = report.report_run(str(run_path), summary, read_meta(dataset_dir), config, cfg.train.device, timer)
+    return {**result, "epochs": len(summary["rows"]), "evaluated": len(scored)}
+
+
+def merged_with_record(record: RunRecord | None, scored: dict[int, dict], results: dict[int, dict]) -> dict:
+    """The report's rows: each checkpoint scored now, and every other epoch
+    the run record holds (its checkpoint pruned or deleted), marked
+    "recorded", so the history never shrinks. The selected epoch is chosen
+    over all of them."""
+    rows = {**{int(r["epoch"]): {**r, "evaluated": "recorded"} for r in (record.rows if record else [])},
+            **{epoch: {**row, "evaluated": "now"} for epoch, row in scored.items()}}
+    rows = [rows[epoch] for epoch in sorted(rows)]
+    selected = select_epoch(rows)
+    best = results.get(selected) or (record.results.get(selected) if record else None)
+    if best is None:
+        raise CheckpointError(f"the selected epoch {selected} has neither a checkpoint nor a recorded test result; "
+                              "run the training command again to redo it")
+    return {"rows": rows, "selected_epoch": selected, "selected_on": "validation" if uses_validation(rows) else "test",
+            "selected_result": best}
 
 
 def check_recorded_data_folder(cfg, run_path: Path) -> None:
@@ -145,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_flow_command(
         lambda: evaluate_latest(**args),
-        lambda result: (f"\n{result['epochs']} checkpoints: best test accuracy {result['best_test_acc'] * 100:.2f}% "
-                        f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\n"
-                        f"report: {result['report.md']}"),
+        lambda result: (f"\n{result['evaluated']} checkpoints evaluated, {result['epochs']} epochs reported: "
+                        f"{result['headline']}\nreport: {result['report.md']}"),
         before=check_before_prefect_starts, hint="run the same command again",
     )
 

@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
-from prefect import flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect import flow
 
 from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import RUN_OPTIONS, PipelineConfig, Text, preset_names, resolve_run
@@ -42,7 +41,6 @@ from flows.command_line import add_run_flags, describe_parameters, run_flow_comm
 from flows.interrupt import keep_signals_in_flow
 from tasks import preprocess, report, train
 from tasks.caching import call_cached
-from tasks.evaluate import evaluate_checkpoint_task
 
 PRESET_HELP = "recipe to start from, a file in alexnet_pipeline/presets/"
 CONFIG_FILE_HELP = "YAML file with data/model/train sections"
@@ -85,13 +83,12 @@ def _run_settings_as_parameters(fn):
                                     **{name: option.description for name, option in RUN_OPTIONS.items()}})
 
 
-# Two evaluation threads: one can load a checkpoint while the other computes;
-# more would only compete for the same GPU (or the CPU's cores).
-@flow(name="full-run", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="full-run", persist_result=True)
 @_run_settings_as_parameters
 def full_run(*, preset: str = "default", config_file: str | None = None, **settings: Any) -> dict:
-    """Fine-tune AlexNet and report test accuracy per epoch; returns the run
-    folder, the best and final accuracy and the report's file paths.
+    """Fine-tune AlexNet and report validation and test accuracy per epoch;
+    returns the run folder, the selected epoch, its accuracy and the final
+    one, and the report's file paths.
     `settings`: the run settings by name (epochs=3, lr=1e-4, ...; see
     alexnet_pipeline.config.RUN_OPTIONS), each a typed flow parameter."""
     keep_signals_in_flow()
@@ -108,16 +105,13 @@ def full_run(*, preset: str = "default", config_file: str | None = None, **setti
     run_dir = str(cfg.run_dir(meta["key"]).resolve())
     # One run per run folder, and only into a folder that is ours and holds this run.
     with run_folder_lock(run_dir, RunIdentity.of(cfg, meta["key"])):
-        with timer.stage("train"):
-            history = call_cached(train.fine_tune, train.still_valid, config=cfg, dataset_dir=dataset_dir,
+        # Each checkpoint is evaluated (validation split and test set) as
+        # soon as it is committed, inside this task: retention needs the
+        # scores to drop what it does not keep while the run goes on.
+        with timer.stage("train and evaluate"):
+            summary = call_cached(train.fine_tune, train.still_valid, config=cfg, dataset_dir=dataset_dir,
                                   run_dir=run_dir, config_fingerprint=cfg.fingerprint())
-        with timer.stage("evaluate"):
-            evaluations = evaluate_checkpoint_task.map(
-                [h["checkpoint"] for h in history], dataset_dir=unmapped(dataset_dir),
-                device=unmapped(cfg.train.device), subset=unmapped(cfg.data.subset),
-                batch_size=unmapped(cfg.train.eval_batch_size),
-            ).result()
-        return report.report_run(run_dir, history, evaluations, meta, cfg.to_dict(), cfg.train.device, timer)
+        return report.report_run(run_dir, summary, meta, cfg.to_dict(), cfg.train.device, timer)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -144,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     return run_flow_command(
         lambda: full_run(preset=preset, config_file=config_file, **settings),
-        lambda result: (f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
-                        f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"),
+        lambda result: f"\n{result['headline']}\nreport: {Path(result['report.md'])}",
         before=check_before_prefect_starts,
     )
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from alexnet_pipeline.evaluate import EVALUATE_VERSION, evaluate_checkpoint
+from alexnet_pipeline.evaluate import EVALUATE_VERSION, evaluate_splits
 from tasks.caching import by_file_content
 
 
@@ -22,6 +22,11 @@ def _run_name() -> str:
       task_run_name=_run_name)
 def evaluate_checkpoint_task(checkpoint: str, dataset_dir: str, device: str, subset: int | None,
                              batch_size: int) -> dict:
-    result = evaluate_checkpoint(checkpoint, dataset_dir, device=device, subset=subset, batch_size=batch_size)
-    get_run_logger().info("%s: test accuracy %.2f%%, loss %.4f", checkpoint, result.accuracy * 100, result.loss)
-    return dataclasses.asdict(result)
+    """{"val": ..., "test": ...} (EvalResults as dicts; "val" absent for a
+    run without a validation split)."""
+    results = evaluate_splits(checkpoint, dataset_dir, device=device, subset=subset, batch_size=batch_size)
+    val = results.get("val")
+    get_run_logger().info("%s: %stest accuracy %.2f%%, loss %.4f", checkpoint,
+                          f"validation accuracy {val.accuracy * 100:.2f}%, " if val else "",
+                          results["test"].accuracy * 100, results["test"].loss)
+    return {split: dataclasses.asdict(result) for split, result in results.items()}

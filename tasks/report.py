@@ -19,6 +19,7 @@ from alexnet_pipeline.report import (
     confusion_figure,
     environment,
     epoch_table,
+    headline,
     measurements,
     report_markdown,
 )
@@ -47,17 +48,18 @@ def _write_bytes(path: Path, data: bytes) -> None:
 # Timings and memory peaks differ on every invocation; leaving them out of the
 # key keeps a finished run's report a cache hit (it then shows the run that made it).
 @task(name="write-report", cache_policy=across_runs("report", REPORT_VERSION) - "measurements", persist_result=True)
-def write_report(run_dir: str, history: list[dict], evaluations: list[dict], class_names: list[str], config: dict,
+def write_report(run_dir: str, rows: list[dict], best_result: dict, class_names: list[str], config: dict,
                  env: dict, measurements: dict, skipped_files: list[str]) -> dict[str, str]:
-    """`measurements`: {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""
+    """`rows`: the run record's, one per epoch; `best_result`: the selected
+    epoch's full test result (EvalResult as a dict). `measurements`:
+    {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""
     out = Path(run_dir)
-    df = epoch_table(history, evaluations)
+    df = epoch_table(rows)
     best_epoch = int(best_row(df)["epoch"])
-    best_result = evaluations[[h["epoch"] for h in history].index(best_epoch)]
     pngs = {
         "accuracy": _png_bytes(accuracy_figure(df, len(class_names), config.get("train", {}).get("label_smoothing"))),
         "confusion": _png_bytes(confusion_figure(best_result["confusion"], class_names,
-                                                 f"Confusion matrix, best epoch ({best_epoch})")),
+                                                 f"Confusion matrix, selected epoch ({best_epoch})")),
     }
     report_args = (df, best_result, class_names, config, env, measurements, skipped_files)
     atomic_write_text(out / "accuracy.csv", df.to_csv(index=False))
@@ -78,17 +80,20 @@ def still_valid(paths: dict[str, str]) -> bool:
     return all(Path(p).is_file() for p in paths.values())
 
 
-def report_run(run_dir: str, history: list[dict], evaluations: list[dict], meta: dict, config: dict, device: str,
-               timer: StageTimer) -> dict:
-    """Write the run's report (cached) and sum the run up, as full_run and
-    evaluate-latest return it: the run folder, the best epoch by test
-    accuracy, the best and final accuracy and the report's file paths."""
+def report_run(run_dir: str, summary: dict, meta: dict, config: dict, device: str, timer: StageTimer) -> dict:
+    """Write the run's report (cached) from a run record's summary
+    (record.RunRecord.summary) and sum the run up, as full_run and
+    evaluate-latest return it: the run folder, the selected epoch, what it
+    was selected on, its validation and test accuracy, the final epoch's
+    test accuracy and the report's file paths."""
+    rows = summary["rows"]
     paths = call_cached(
-        write_report, still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
+        write_report, still_valid, run_dir=run_dir, rows=rows, best_result=summary["selected_result"],
         class_names=meta["class_names"], config=config, env=environment(device),
         measurements=measurements(timer.seconds, device), skipped_files=meta.get("skipped_files", []),
     )
-    accuracies = [e["accuracy"] for e in evaluations]
-    best = max(range(len(accuracies)), key=accuracies.__getitem__)
-    return {"run_dir": run_dir, "best_epoch": history[best]["epoch"], "best_test_acc": accuracies[best],
-            "final_test_acc": accuracies[-1], **paths}
+    best = next(r for r in rows if r["epoch"] == summary["selected_epoch"])
+    result = {"run_dir": run_dir, "best_epoch": best["epoch"], "selected_on": summary["selected_on"],
+              "best_val_acc": best["val_acc"], "best_test_acc": best["test_acc"],
+              "final_test_acc": rows[-1]["test_acc"], **paths}
+    return {**result, "headline": headline(result)}

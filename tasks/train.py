@@ -1,25 +1,27 @@
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from alexnet_pipeline.config import PipelineConfig
-from alexnet_pipeline.integrity import intact
+from alexnet_pipeline.record import RunRecord
 from alexnet_pipeline.train import TRAIN_VERSION, EpochStats, train_run
 from tasks.caching import by_fingerprint
 
 
 @task(name="fine-tune", cache_policy=by_fingerprint("fine-tune", TRAIN_VERSION), persist_result=True)
-def fine_tune(config: PipelineConfig, dataset_dir: str, run_dir: str, config_fingerprint: str) -> list[dict]:
-    """Train (or resume) and return one dict of stats per epoch, each naming
-    its checkpoint. The library resumes from the run folder's last complete
-    epoch, so a re-run after a crash redoes at most the epoch in progress.
-    The cache key is `config_fingerprint`, not `config`: it covers every
-    setting that changes results and what `config` only names, such as the
-    content of a --weights file. `config` is the flow's own, already checked."""
+def fine_tune(config: PipelineConfig, dataset_dir: str, run_dir: str, config_fingerprint: str) -> dict:
+    """Train (or resume), evaluating each checkpoint on the validation split
+    and the test set as soon as it is committed; returns the run record's
+    summary (alexnet_pipeline.record.RunRecord.summary: a row per epoch, the
+    selected epoch and its full test result). The library resumes from the
+    run folder's last complete epoch, so a re-run after a crash redoes at
+    most the epoch in progress. The cache key is `config_fingerprint`, not
+    `config`: it covers every setting that changes results and what `config`
+    only names, such as the content of a --weights file. `config` is the
+    flow's own, already checked."""
     cfg = config
     logger = get_run_logger()
     epochs = cfg.train.epochs
@@ -32,14 +34,14 @@ def fine_tune(config: PipelineConfig, dataset_dir: str, run_dir: str, config_fin
         )
         update_progress_artifact(artifact, 100.0 * stats.epoch / epochs, description=f"epoch {stats.epoch} of {epochs} done")
 
-    history = train_run(cfg, Path(dataset_dir), Path(run_dir), on_epoch_end=report_epoch)
+    train_run(cfg, Path(dataset_dir), Path(run_dir), on_epoch_end=report_epoch)
     update_progress_artifact(artifact, 100.0, description=f"{epochs} epochs done")
-    return [dataclasses.asdict(h) for h in history]
+    return {**RunRecord.load(run_dir).summary(), "run_dir": str(run_dir)}
 
 
-def still_valid(history: list[dict]) -> bool:
-    """Every checkpoint is still there with the bytes it was written with.
-    If one is missing or damaged the task runs again: train_run finds the same
-    mismatch, warns, and redoes it, so a damaged file is never evaluated."""
-    return all(intact(h["checkpoint"], h["checkpoint_sha256"]) if h.get("checkpoint_sha256")
-               else Path(h["checkpoint"]).is_file() for h in history)
+def still_valid(summary: dict) -> bool:
+    """The run folder still holds the finished record this result came from.
+    Checkpoints deleted since (by retention or by hand) do not matter: the
+    record holds every epoch's results, so nothing is trained again."""
+    record = RunRecord.load(summary["run_dir"]) if summary.get("run_dir") else None
+    return record is not None and record.finished and record.rows == summary.get("rows")

@@ -228,10 +228,10 @@ def test_test_set_too_large_for_the_device_is_streamed_with_the_same_result(chec
     from alexnet_pipeline import device_data, evaluate as evaluate_module
 
     resident = evaluate_checkpoint(checkpoint[0], dataset_dir, device="cpu", batch_size=7)
-    monkeypatch.setattr(evaluate_module, "_test_sets", {})
+    monkeypatch.setattr(evaluate_module, "_eval_sets", {})
     monkeypatch.setattr(device_data, "HOST_RESIDENT_LIMIT", 0)
     streamed = evaluate_checkpoint(checkpoint[0], dataset_dir, device="cpu", batch_size=7)
-    assert not next(iter(evaluate_module._test_sets.values())).resident
+    assert not next(iter(evaluate_module._eval_sets.values())).resident
     assert streamed == resident and streamed.num_images == 20
 
 

@@ -27,6 +27,7 @@ from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.model import IMAGENET_MEAN, IMAGENET_STD
 from alexnet_pipeline.ownership import RUN_MARKER
+from alexnet_pipeline.record import RunRecord
 from alexnet_pipeline.train import lr_factor, train_run
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
 from tests.fixtures import CLASS_NAMES, sha256_of
@@ -59,6 +60,23 @@ def trained(dataset_dir, tmp_path_factory):
     return cfg, run_dir, history
 
 
+@pytest.fixture(scope="module")
+def unfinished(dataset_dir, tmp_path_factory):
+    """The same run stopped right after epoch 2's commit, before its
+    evaluation: the folder a killed run leaves, with resume.pt, both
+    checkpoints and a record of epoch 1 only."""
+    run_dir = tmp_path_factory.mktemp("unfinished")
+    cfg = make_config(dataset_dir)
+
+    def stop_after_last(stats):
+        if stats.epoch == cfg.train.epochs:
+            raise _Interrupted
+
+    with pytest.raises(_Interrupted):
+        train_run(cfg, dataset_dir, run_dir, on_epoch_end=stop_after_last, progress=False)
+    return cfg, run_dir
+
+
 def numbers(history) -> list[dict]:
     rows = [h if isinstance(h, dict) else dataclasses.asdict(h) for h in history]
     return [{k: v for k, v in row.items() if k not in TIMING_FIELDS} for row in rows]
@@ -76,9 +94,11 @@ def test_history_and_checkpoints(trained):
     base = cfg.train.resolved_lr("none")
     assert history[0].lr == pytest.approx(base)
     assert history[1].lr == pytest.approx(0.0, abs=1e-12)
-    # Only the epoch checkpoints, their recorded hashes and the resume state; no temporary files.
+    # Only the epoch checkpoints kept and their recorded hashes: no temporary
+    # files, and no resume state once the run has finished (its record says so).
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        ".alexnet-01.pt.sha256", ".alexnet-02.pt.sha256", "alexnet-01.pt", "alexnet-02.pt", RESUME_NAME]
+        ".alexnet-01.pt.sha256", ".alexnet-02.pt.sha256", "alexnet-01.pt", "alexnet-02.pt"]
+    assert RunRecord.load(run_dir).finished
 
 
 def test_checkpoint_describes_itself(trained, dataset_dir):
@@ -117,11 +137,14 @@ def test_model_rebuilt_from_the_checkpoint_file_alone(trained, dataset_dir):
     torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_resume_state(trained):
-    cfg, run_dir, history = trained
+def test_resume_state(trained, unfinished):
+    _, _, history = trained
+    cfg, run_dir = unfinished
     state = torch.load(run_dir / "checkpoints" / RESUME_NAME, weights_only=True)
     assert state["epoch"] == 2 and state["config_fingerprint"] == cfg.fingerprint()
-    assert state["checkpoints"] == {h.epoch: h.checkpoint_sha256 for h in history}
+    assert state["checkpoints"] == {h["epoch"]: h["checkpoint_sha256"] for h in state["history"]} == {
+        e: sha256_of(run_dir / "checkpoints" / f"alexnet-{e:02d}.pt") for e in (1, 2)}
+    assert [h["epoch"] for h in state["history"]] == [h.epoch for h in history]
     assert {"optimizer", "scheduler", "rng", "history"} <= set(state)
     assert len(state["optimizer"]["state"]) > 0  # AdamW moments, needed to resume exactly
 
@@ -167,7 +190,7 @@ def test_interrupted_run_resumes_to_the_same_weights(trained, dataset_dir, tmp_p
 
 def test_another_config_in_the_same_folder_is_refused(trained, dataset_dir):
     _, run_dir, _ = trained
-    trained_lr = config_from_dict(torch.load(run_dir / "checkpoints" / RESUME_NAME, weights_only=True)["config"]).train.lr
+    trained_lr = config_from_dict(load_checkpoint(run_dir / "checkpoints" / "alexnet-02.pt")["config"]).train.lr
     other = make_config(dataset_dir, **{"train.lr": 0.5})
     with pytest.raises(ConfigError, match=rf"a different train.lr \({trained_lr!r} there, 0.5 now\)"):
         train_run(other, dataset_dir, run_dir, progress=False)
@@ -218,7 +241,7 @@ def forge_marker(run_dir: Path, cfg, dataset_dir: Path) -> None:
         "dataset_key": read_meta(dataset_dir)["key"]}))
 
 
-# What is lost or damaged in a finished run's folder before another config
+# What is lost or damaged in a killed run's folder before another config
 # (train.lr 0.5) is pointed at it, and what the refusal then says.
 LOSSES = {
     "resume.pt deleted": (["rm checkpoints/resume.pt"], "a different train.lr"),
@@ -236,7 +259,7 @@ LOSSES = {
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_another_config_is_refused_whatever_record_was_lost(trained, dataset_dir, tmp_path, loss):
+def test_another_config_is_refused_whatever_record_was_lost(unfinished, dataset_dir, tmp_path, loss):
     """The issue's case: with resume.pt truncated or deleted, another lr into
     the same --out overwrote alexnet-01.pt and alexnet-02.pt. Every record
     (marker, resume.pt, each checkpoint's own config) is asked, so no one
@@ -244,7 +267,7 @@ def test_another_config_is_refused_whatever_record_was_lost(trained, dataset_dir
     from alexnet_pipeline.lock import run_folder_lock
     from alexnet_pipeline.ownership import RunIdentity
 
-    _, ref_dir, _ = trained
+    _, ref_dir = unfinished
     run_dir = linked_copy(ref_dir, tmp_path / "run")
     other = make_config(dataset_dir, **{"train.lr": 0.5})
     steps, phrase = LOSSES[loss]
@@ -280,8 +303,9 @@ def test_same_config_takes_over_a_run_folder_from_before_markers(trained, datase
 
 # Under the Prefect harness, library log lines outside a flow run make Prefect warn.
 @pytest.mark.filterwarnings("ignore:Logger 'alexnet_pipeline.train' attempted to send logs")
-def test_damaged_checkpoint_is_not_resumed_from(trained, dataset_dir, tmp_path, caplog):
-    _, ref_dir, ref_history = trained
+def test_damaged_checkpoint_is_not_resumed_from(trained, unfinished, dataset_dir, tmp_path, caplog):
+    _, _, ref_history = trained
+    _, ref_dir = unfinished
     run_dir = tmp_path / "run"
     shutil.copytree(ref_dir, run_dir)
     # Same size, different bytes: only the recorded SHA-256 can tell.
@@ -623,7 +647,7 @@ def test_background_writes_hold_at_most_one_snapshot_per_allowed_pending_write(d
     assert most[0] == 2 and len(history) == 4
 
 
-def test_background_writes_save_the_state_of_their_own_epoch(trained, dataset_dir, tmp_path, monkeypatch):
+def test_background_writes_save_the_state_of_their_own_epoch(trained, unfinished, dataset_dir, tmp_path, monkeypatch):
     """The background path (a GPU's, forced on the CPU) with every write held
     until training has finished: each checkpoint and the resume state still
     hold their own epoch's weights and optimizer state, not the later
@@ -636,9 +660,14 @@ def test_background_writes_save_the_state_of_their_own_epoch(trained, dataset_di
     training_done = threading.Event()
     real_write, real_train_run_epochs = train_module.write_epoch, cfg.train.epochs
 
+    written_states = {}
+
     def held_write(*args):
         training_done.wait(30)
-        return real_write(*args)
+        written = real_write(*args)
+        epoch, resume_state = args[1], args[4]
+        written_states[epoch] = resume_state["optimizer"]["state"]
+        return written
 
     def on_epoch_end(stats):
         if stats.epoch == real_train_run_epochs:
@@ -652,8 +681,10 @@ def test_background_writes_save_the_state_of_their_own_epoch(trained, dataset_di
         ours = load_checkpoint(tmp_path / "run" / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
         ref = load_checkpoint(ref_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")["model"]
         assert all(torch.equal(ours[k], ref[k]) for k in ref)
-    ours = torch.load(tmp_path / "run" / "checkpoints" / RESUME_NAME, weights_only=True)["optimizer"]["state"]
-    ref = torch.load(ref_dir / "checkpoints" / RESUME_NAME, weights_only=True)["optimizer"]["state"]
+    # The last epoch's resume state as written (resume.pt is gone once the
+    # run has finished), against that of the in-place run stopped there.
+    ours = written_states[real_train_run_epochs]
+    ref = torch.load(unfinished[1] / "checkpoints" / RESUME_NAME, weights_only=True)["optimizer"]["state"]
     assert ours.keys() == ref.keys()
     assert all(torch.equal(ours[i][name], ref[i][name]) for i in ref for name in ref[i])
 
