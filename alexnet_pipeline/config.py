@@ -206,8 +206,7 @@ class DataConfig(_Section):
                                                             "must be between 0 and 0.5, got {value}")] = Field(
         0.1, ge=0, le=0.5, description="share of each class's training images held out as the validation split, "
                                        "the same images for every seed and trial; the best epoch is chosen on it. "
-                                       "0: no split, the best epoch is chosen on the test set. An image folder "
-                                       "with a val/ folder uses that folder instead")
+                                       "0: no split, the best epoch is chosen on the test set")
     decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
                                                      f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
         None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: one per CPU)")

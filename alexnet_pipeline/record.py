@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from alexnet_pipeline.files import atomic_write_text
+from alexnet_pipeline.integrity import intact
 
 RECORD_NAME = "record.json"
 FORMAT = "alexnet-pipeline-record/1"
@@ -132,6 +133,12 @@ class RunRecord:
         self.results[epoch] = test_result
         wanted = {self.selected_epoch, max(self.evaluated)}
         self.results = {e: r for e, r in self.results.items() if e in wanted}
+
+    def damaged_checkpoints(self, run_dir: str | Path) -> list[Path]:
+        """Kept checkpoints that are on disk but not as their epoch wrote them.
+        (One that is gone was deleted: the record still holds its epoch.)"""
+        paths = {e: Path(run_dir) / checkpoint_name(e) for e in self.kept}
+        return [paths[e] for e, sha in sorted(self.kept.items()) if paths[e].exists() and not intact(paths[e], sha)]
 
     def keep_only(self, epochs: set[int]) -> None:
         self.kept = {e: sha for e, sha in self.kept.items() if e in epochs}

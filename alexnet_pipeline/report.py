@@ -23,7 +23,7 @@ REPORT_VERSION = 3
 # by this invocation or during training, "recorded" for an epoch whose
 # checkpoint is gone and whose numbers come from the run record.
 COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr",
-           "epoch_seconds", "images_per_s", "checkpoint", "evaluated"]
+           "epoch_seconds", "images_per_s", "val_images", "test_images", "checkpoint", "evaluated"]
 
 
 def epoch_table(rows: list[dict]) -> pd.DataFrame:

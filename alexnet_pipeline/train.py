@@ -97,6 +97,13 @@ def train_run(
     fingerprint = cfg.fingerprint()
     dataset_key = read_meta(dataset_dir)["key"]
     record = RunRecord.load(run_dir)
+    if record is not None and record.is_of(fingerprint, dataset_key) and record.finished and (
+            damaged := record.damaged_checkpoints(run_dir)):
+        # Its resume state is gone: the model the user keeps is made again
+        # from the start (bit for bit the same numbers on the CPU).
+        log.warning("Checkpoint %s does not match the hash recorded when it was written; training restarts "
+                    "from epoch 1 to make it again", ", ".join(str(p) for p in damaged))
+        record = None
     if record is not None and record.is_of(fingerprint, dataset_key) and record.finished:
         # Finished: its record holds every epoch, whichever checkpoints are
         # still there (pruned, or deleted by hand). Nothing to train.
@@ -138,7 +145,10 @@ def train_run(
     if start_epoch > 1:
         log.info("Resuming %s after epoch %d of %d", run_dir, start_epoch - 1, t.epochs)
     else:
+        # Saved before anything is removed: a run killed next finds a record
+        # of nothing, not the record of what it was removing.
         record = RunRecord(fingerprint, dataset_key, t.epochs)
+        record.save(run_dir)
         remove_stale_checkpoints(checkpoint_dir)
     book = EpochBook(cfg, dataset_dir, run_dir, record)
 

@@ -58,8 +58,9 @@ def run_trial(deployment: str, index: int, params: dict, timeout_s: float | None
     except (OSError, ValueError, KeyError) as exc:
         row.update(state="NoReport", error=f"{type(exc).__name__}: {exc}")
         return row
-    logger.info("trial %d: best test accuracy %.2f%% (epoch %d), final %.2f%%, %s s",
-                index, row["best_test_acc"] * 100, row["best_epoch"], row["final_test_acc"] * 100, row.get("wall_seconds"))
+    logger.info("trial %d: selected epoch %d on %s (validation %.2f%%), test %.2f%%, final %.2f%%, %s s",
+                index, row["best_epoch"], row["selected_on"], row["best_val_acc"] * 100, row["best_test_acc"] * 100,
+                row["final_test_acc"] * 100, row.get("wall_seconds"))
     return row
 
 

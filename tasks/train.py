@@ -40,8 +40,11 @@ def fine_tune(config: PipelineConfig, dataset_dir: str, run_dir: str, config_fin
 
 
 def still_valid(summary: dict) -> bool:
-    """The run folder still holds the finished record this result came from.
-    Checkpoints deleted since (by retention or by hand) do not matter: the
-    record holds every epoch's results, so nothing is trained again."""
+    """The run folder still holds the finished record this result came from,
+    and no kept checkpoint was changed since (a damaged model is made
+    again). Checkpoints deleted since (by retention or by hand) do not
+    matter: the record holds every epoch's results, so nothing is trained
+    again."""
     record = RunRecord.load(summary["run_dir"]) if summary.get("run_dir") else None
-    return record is not None and record.finished and record.rows == summary.get("rows")
+    return (record is not None and record.finished and record.rows == summary.get("rows")
+            and not record.damaged_checkpoints(summary["run_dir"]))

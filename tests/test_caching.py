@@ -5,6 +5,8 @@ bumping EVALUATE_VERSION must."""
 
 from __future__ import annotations
 
+import re
+
 import os
 import shutil
 import subprocess
@@ -44,8 +46,9 @@ def test_a_stage_key_follows_its_version_not_the_library_source(tmp_path):
 
     evaluate = code / "alexnet_pipeline" / "evaluate.py"
     text = evaluate.read_text()
-    assert "\nEVALUATE_VERSION = 1\n" in text
-    evaluate.write_text(text.replace("\nEVALUATE_VERSION = 1\n", "\nEVALUATE_VERSION = 2\n"))
+    version = re.search(r"\nEVALUATE_VERSION = (\d+)\n", text)
+    assert version
+    evaluate.write_text(text.replace(version[0], f"\nEVALUATE_VERSION = {int(version[1]) + 1}\n"))
     bumped = evaluation_key(code, checkpoint)
     assert bumped != before
 

@@ -42,15 +42,20 @@ from alexnet_pipeline.checkpoint import PENDING_RESUME_NAME, RESUME_NAME
 from alexnet_pipeline.integrity import md5_file
 from alexnet_pipeline.lock import LOCK_NAME
 from alexnet_pipeline.ownership import RUN_MARKER
+from alexnet_pipeline.record import RunRecord
 from tests.conftest import run_cli
 from tests.fixtures import sha256_of
 
 pytestmark = pytest.mark.slow
 
-EPOCHS = 2
+# Three epochs: with the default retention (the selected and the last
+# checkpoint) one of them is pruned, so the chain is killed while pruning too.
+EPOCHS = 3
 # Crash point -> the epoch N it is armed for (None: a point without a number),
 # in the order one run meets them: the chain of killed runs follows it.
-# Epoch 2 where resuming from epoch 1's state is the interesting part.
+# Epoch 2 where resuming from epoch 1's state is the interesting part; each
+# checkpoint is evaluated as soon as it is committed, so "evaluate" comes
+# within epoch 2 and "prune" after the last epoch's evaluation.
 CASES = {
     "download": None,
     "extract": None,
@@ -61,13 +66,15 @@ CASES = {
     "resume-write": 2,
     "commit": 2,
     "evaluate": 2,
+    "prune": 3,
+    "finish": None,
     "report": None,
 }
 # Epoch checkpoints complete (and hash-verified) when the run is killed: the
-# re-run must not rewrite them.
+# re-run must not rewrite them (it may prune them, by retention).
 KEPT = {"mid-epoch": {1}, "checkpoint-write": {1}, "resume-write": {1}, "commit": {1, 2}, "after-checkpoint": {1},
-        "evaluate": {1, 2}, "report": {1, 2}}
-NUMBERS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
+        "evaluate": {1, 2}, "prune": {1, 2, 3}, "finish": {1, 2, 3}, "report": {1, 2, 3}}
+NUMBERS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc", "lr"]
 
 
 def test_every_fault_point_has_a_crash_test():
@@ -78,7 +85,7 @@ def test_the_chain_meets_the_points_in_the_order_a_run_does():
     """Data preparation, then epoch by epoch, then evaluation and the report;
     within a stage, the order of faults.POINTS."""
     def when(point: str) -> tuple[int, int]:
-        stage = 0 if point in ("download", "extract", "preprocess") else EPOCHS + 1 if point in ("evaluate", "report") \
+        stage = 0 if point in ("download", "extract", "preprocess") else EPOCHS + 1 if point in ("finish", "report") \
             else CASES[point]
         return stage, list(faults.POINTS).index(point)
 
@@ -239,6 +246,14 @@ def assert_killed_state(point: str, p: Pipeline) -> None:
         assert resume_epoch(ckpt) == 1
     elif point == "evaluate":
         assert resume_epoch(ckpt) == 2 and not (p.out / "accuracy.csv").exists()
+        assert RunRecord.load(p.out).evaluated == {1}  # epoch 2 committed, not yet evaluated
+    elif point == "prune":
+        record = RunRecord.load(p.out)
+        assert record.evaluated == {1, 2, 3} and not record.finished and resume_epoch(ckpt) == 3
+        assert {e for e in (1, 2, 3) if (ckpt / f"alexnet-{e:02d}.pt").exists()} >= set(record.kept)
+    elif point == "finish":
+        assert RunRecord.load(p.out).finished and (ckpt / RESUME_NAME).is_file()
+        assert not (p.out / "accuracy.csv").exists()
     elif point == "report":
         assert (p.out / "accuracy.csv").is_file() and not (p.out / "report.md").exists()
     else:
@@ -262,19 +277,27 @@ def test_killed_anywhere_the_run_resumes_to_the_same_result(pipeline, baseline):
             assert_data_stages_cached(proc, f"the run killed at {point}")
         prepared = prepared or KEPT.get(point) is not None
         for epoch in KEPT.get(point, ()):
-            identity = file_identity(pipeline.checkpoints / f"alexnet-{epoch:02d}.pt")
-            since, first = kept.setdefault(epoch, (point, identity))
-            assert identity == first, (f"alexnet-{epoch:02d}.pt, complete when the run was killed at {since}, "
-                                       f"was written again by the run killed at {point}")
+            path = pipeline.checkpoints / f"alexnet-{epoch:02d}.pt"
+            if not path.exists():  # pruned by retention after its evaluation
+                assert epoch in RunRecord.load(pipeline.out).evaluated, f"{path.name} is gone but was never evaluated"
+                continue
+            since, first = kept.setdefault(epoch, (point, file_identity(path)))
+            assert file_identity(path) == first, (f"alexnet-{epoch:02d}.pt, complete when the run was killed at "
+                                                  f"{since}, was written again by the run killed at {point}")
 
     assert_data_stages_cached(pipeline.complete(), "the completing run")
 
     assert_same_results(pipeline.out, baseline)
-    for epoch, (since, identity) in kept.items():
+    record = RunRecord.load(pipeline.out)
+    on_disk = {e for e in kept if (pipeline.checkpoints / f"alexnet-{e:02d}.pt").exists()}
+    assert on_disk == set(record.kept) == {record.selected_epoch, EPOCHS}  # retention: the selected and the last
+    for epoch in on_disk:
+        since, identity = kept[epoch]
         assert file_identity(pipeline.checkpoints / f"alexnet-{epoch:02d}.pt") == identity, (
             f"alexnet-{epoch:02d}.pt was complete when the run was killed at {since} but was written again"
         )
-    assert sorted(kept) == [1, 2]
+    assert sorted(kept) == [1, 2, 3]
+    assert not (pipeline.checkpoints / RESUME_NAME).exists()
     assert partial_files(pipeline.checkpoints) == [] and not (pipeline.checkpoints / PENDING_RESUME_NAME).exists()
     assert not (pipeline.out / LOCK_NAME).exists(), "the finished run left its lock file behind"
 
@@ -308,35 +331,34 @@ def flip_bytes(path: Path) -> None:
 
 
 def test_damaged_checkpoints_are_found_by_hash_and_redone(pipeline, baseline):
-    # A copy of the uninterrupted run's folder, on the same data, whose
-    # alexnet-01.pt was then cut short. Copying (~1 GB, well under a second)
-    # replaces a run of its own. At its new path the copy has no cached
-    # training result: the re-run resumes from the folder's resume.pt, which
-    # names the damaged file.
+    # A copy of the uninterrupted run's folder, on the same data, whose last
+    # checkpoint (kept: the model a user takes) was then cut short. At its new
+    # path the copy has no cached training result; its resume state is gone
+    # (the run had finished), so the run record's hash finds the damage and
+    # training starts again to make the file again.
     out = pipeline.root / "copy"
     shutil.copytree(baseline, out)
-    recorded = torch.load(out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
-    truncate(out / "checkpoints" / "alexnet-01.pt")
+    last = out / "checkpoints" / f"alexnet-{EPOCHS:02d}.pt"
+    recorded = RunRecord.load(out).kept[EPOCHS]
+    truncate(last)
     pipeline.data = baseline.parent / "data"
     pipeline.out = out
 
     proc = pipeline.complete()
 
-    assert "does not match the hash recorded" in proc.stderr and "alexnet-01.pt" in proc.stderr
+    assert "does not match the hash recorded" in proc.stderr and last.name in proc.stderr
     assert_same_results(out, baseline)
-    redone = torch.load(out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
-    assert sha256_of(out / "checkpoints" / "alexnet-01.pt") == redone != recorded
+    redone = RunRecord.load(out).kept[EPOCHS]
+    assert sha256_of(last) == redone != recorded
 
     # The run is finished and every task cached; now bytes change inside a
     # checkpoint (same size). The cached training result must not be trusted.
-    flip_bytes(out / "checkpoints" / "alexnet-01.pt")
+    flip_bytes(last)
     proc = pipeline.complete()
 
     assert "does not match the hash recorded" in proc.stderr
     assert_same_results(out, baseline)
-    first = torch.load(out / "checkpoints" / "alexnet-01.pt", weights_only=True)
-    assert sha256_of(out / "checkpoints" / "alexnet-01.pt") == torch.load(
-        out / "checkpoints" / RESUME_NAME, weights_only=True)["checkpoints"][1]
-    baseline_first = torch.load(baseline / "checkpoints" / "alexnet-01.pt", weights_only=True)
-    for name, tensor in baseline_first["model"].items():
-        assert torch.equal(first["model"][name], tensor), f"redone epoch-1 weights differ in {name}"
+    assert sha256_of(last) == RunRecord.load(out).kept[EPOCHS]
+    redone_weights = torch.load(last, weights_only=True)["model"]
+    for name, tensor in final_weights(baseline).items():
+        assert torch.equal(redone_weights[name], tensor), f"redone final weights differ in {name}"

@@ -25,7 +25,7 @@ PARAMS = {"dataset": "cifar10", "verify": False, "weights": "none", "epochs": 2,
 NUMBER_COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr"]
 REQUIRED_COLUMNS = NUMBER_COLUMNS + ["epoch_seconds", "checkpoint"]
 REPORT_FILES = ("accuracy.csv", "accuracy.png", "confusion.png", "report.md")
-STAGES = ("download-cifar10", "preprocess", "fine-tune", "evaluate", "write-report")
+STAGES = ("download-cifar10", "preprocess", "fine-tune", "write-report")  # fine-tune evaluates each checkpoint
 
 
 def stage_of(task_run_name: str) -> str:
@@ -88,33 +88,33 @@ def test_flow_runs_every_stage_and_writes_the_report(first_run):
     df = pd.read_csv(out / "accuracy.csv")
     assert [c for c in REQUIRED_COLUMNS if c not in df.columns] == []
     assert df["epoch"].tolist() == [1, 2]
-    assert df["checkpoint"].tolist() == [str(out.resolve() / "checkpoints" / f"alexnet-0{e}.pt") for e in (1, 2)]
+    assert df["checkpoint"].tolist() == [f"checkpoints/alexnet-0{e}.pt" for e in (1, 2)]  # relative to the run folder
     assert result["final_test_acc"] == df["test_acc"].iloc[-1]
-    assert result["best_test_acc"] == df["test_acc"].max()
-    assert df.loc[df["epoch"] == result["best_epoch"], "test_acc"].item() == df["test_acc"].max()
+    # Selected on the validation split (the default 10%), quoted on the test set.
+    assert result["selected_on"] == "validation" and df["val_acc"].notna().all()
+    selected = df.loc[df["epoch"] == result["best_epoch"]].iloc[0]
+    assert selected["val_acc"] == df["val_acc"].max() and result["best_test_acc"] == selected["test_acc"]
     assert ((df["test_acc"] * 10).round(6) % 1 == 0).all()  # 10 test images: multiples of 10%
     for png in ("accuracy.png", "confusion.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
-    assert f"at epoch {result['best_epoch']}" in (out / "report.md").read_text()
+    assert f"selected epoch: {result['best_epoch']}, the highest validation accuracy" in (out / "report.md").read_text()
 
-    states = task_states(state, expected=6)
+    states = task_states(state, expected=4)
     assert states == sorted([("download-cifar10", "Completed"), ("preprocess", "Completed"), ("fine-tune", "Completed"),
-                             ("evaluate", "Completed"), ("evaluate", "Completed"), ("write-report", "Completed")])
+                             ("write-report", "Completed")])
 
 
 def test_rerun_is_all_cache_hits_and_rewrites_nothing(first_run):
     from flows.full_run import full_run
 
     out = first_run.out
-    checkpoints = ["checkpoints/alexnet-01.pt", "checkpoints/alexnet-02.pt", "checkpoints/resume.pt"]
+    checkpoints = ["checkpoints/alexnet-01.pt", "checkpoints/alexnet-02.pt", "record.json"]
     before = file_stamps(out, [*checkpoints, *REPORT_FILES])
     with storage_settings(first_run.storage):
         state = full_run(**first_run.params, return_state=True)
     assert state.is_completed(), state.message
     assert state.result() == first_run.state.result()
-    assert task_states(state, expected=6) == sorted(
-        [(stage, "Cached") for stage in ("download-cifar10", "preprocess", "fine-tune", "evaluate", "evaluate", "write-report")]
-    )
+    assert task_states(state, expected=4) == sorted([(stage, "Cached") for stage in STAGES])
     assert file_stamps(out, [*checkpoints, *REPORT_FILES]) == before
 
 
@@ -127,9 +127,9 @@ def test_new_lr_or_seed_reuses_the_prepared_data(first_run, tmp_path):
     with storage_settings(first_run.storage):
         state = full_run(**params, return_state=True)
     assert state.is_completed(), state.message
-    assert task_states(state, expected=5) == sorted(
+    assert task_states(state, expected=4) == sorted(
         [("download-cifar10", "Cached"), ("preprocess", "Cached"), ("fine-tune", "Completed"),
-         ("evaluate", "Completed"), ("write-report", "Completed")])
+         ("write-report", "Completed")])
 
 
 def test_deleted_report_file_is_written_again(first_run, tmp_path):
@@ -143,7 +143,7 @@ def test_deleted_report_file_is_written_again(first_run, tmp_path):
     params = {**first_run.params, "out": str(out)}
     with storage_settings(storage):
         # Another run folder: train and report run for it (training finds the
-        # finished run there and only reads it), evaluations hit by content.
+        # finished run's record there and only reads it).
         state = full_run(**params, return_state=True)
         assert state.is_completed(), state.message
         (out / "report.md").unlink()
@@ -152,7 +152,7 @@ def test_deleted_report_file_is_written_again(first_run, tmp_path):
     assert state.is_completed(), state.message
     assert (out / "report.md").is_file()
     assert file_stamps(out, ["checkpoints/alexnet-02.pt"]) == ckpt_before
-    states = task_states(state, expected=7)
+    states = task_states(state, expected=5)
     assert states.count(("write-report", "Cached")) == 1 and states.count(("write-report", "Completed")) == 1
     assert ("fine-tune", "Cached") in states
 
@@ -213,8 +213,8 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
     # ... and writing it there does not make the next run's preprocessing a miss.
     again = full_run(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=9,
                      image_size=64, device="cpu", seed=0, out=str(out), return_state=True)
-    assert task_states(again, expected=4) == sorted(
-        [(stage, "Cached") for stage in ("preprocess", "fine-tune", "evaluate", "write-report")])
+    assert task_states(again, expected=3) == sorted(
+        [(stage, "Cached") for stage in ("preprocess", "fine-tune", "write-report")])
 
 
 def test_default_run_folder_follows_config_and_data(prefect_storage, image_folder, tmp_path, monkeypatch):
@@ -252,7 +252,7 @@ def test_evaluate_latest_rewrites_the_report_and_refuses_other_data(first_run, t
         # The training time stays in the rewritten report's stage table.
         trained_s = ref["epoch_seconds"].sum()
         row = next(line for line in (copy / "report.md").read_text().splitlines()
-                   if line.startswith("| train (recorded in the checkpoints)"))
+                   if line.startswith("| train (recorded)"))
         assert float(row.split("|")[2]) == pytest.approx(trained_s, abs=0.1)
 
         other_data = tmp_path / "other-data"
@@ -286,3 +286,32 @@ def test_evaluate_latest_takes_over_a_run_folder_from_before_markers_and_refuses
         with pytest.raises(ConfigError, match="notes.txt"):
             evaluate_latest(run_dir=str(old))
     assert (old / "report.md").stat().st_mtime_ns == before and not (old / RUN_MARKER).exists()
+
+
+def test_a_run_pruned_by_hand_trains_nothing_and_its_report_keeps_every_epoch(first_run, tmp_path):
+    """The issue's cases: deleting old checkpoints of a finished run and running
+    the same command again retrained every epoch; evaluating what was left
+    rewrote accuracy.csv with one row and called the last one left the final
+    epoch. The run record keeps every epoch now."""
+    from flows.evaluate import evaluate_latest
+    from flows.full_run import full_run
+
+    out = tmp_path / "run"
+    shutil.copytree(first_run.out, out)
+    (out / "checkpoints" / "alexnet-01.pt").unlink()
+    kept = file_stamps(out, ["checkpoints/alexnet-02.pt"])
+    with storage_settings(tmp_path / "storage"):
+        state = full_run(**{**first_run.params, "out": str(out)}, return_state=True)
+        assert state.is_completed(), state.message
+        assert file_stamps(out, ["checkpoints/alexnet-02.pt"]) == kept  # nothing trained again
+        ref = pd.read_csv(first_run.out / "accuracy.csv")
+        pd.testing.assert_frame_equal(pd.read_csv(out / "accuracy.csv")[NUMBER_COLUMNS], ref[NUMBER_COLUMNS])
+
+        result = evaluate_latest(run_dir=str(out))
+    assert (result["epochs"], result["evaluated"]) == (2, 1)
+    df = pd.read_csv(out / "accuracy.csv")
+    pd.testing.assert_frame_equal(df[NUMBER_COLUMNS], ref[NUMBER_COLUMNS])
+    assert df["evaluated"].tolist() == ["recorded", "now"]
+    report = (out / "report.md").read_text()
+    assert "| 1 (recorded) |" in report or "| 1 (selected) (recorded) |" in report
+    assert "final test accuracy" in report and "at epoch 2" in report

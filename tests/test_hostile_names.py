@@ -18,7 +18,7 @@ from markdown_it import MarkdownIt
 
 from alexnet_pipeline.escape import markdown_code, markdown_code_block, markdown_text, plot_text, visible_text
 from alexnet_pipeline.report import confusion_figure, environment, epoch_table, report_markdown
-from tests.test_report import CONFIG, EVALUATIONS, HISTORY, MEASUREMENTS, eval_result
+from tests.test_report import CONFIG, EVALUATIONS, HISTORY, MEASUREMENTS, eval_result, rows
 
 matplotlib.use("Agg")
 
@@ -50,7 +50,7 @@ def _assert_only_text_from_data(text: str, images: int) -> str:
 
 
 def _per_class_rows(rendered: str) -> list[list[str]]:
-    table = rendered.split("Per-class accuracy", 1)[1].split("</table>", 1)[0]
+    table = rendered.split("Per-class test accuracy", 1)[1].split("</table>", 1)[0]
     body = table.split("<tbody>", 1)[1]
     return [[html.unescape(re.sub(r"<[^>]+>", "", cell)) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)]
             for row in re.findall(r"<tr>(.*?)</tr>", body, re.S)]
@@ -64,16 +64,16 @@ def hostile_results():
 
 def test_report_shows_hostile_class_names_as_text_in_their_own_cells():
     evaluations = hostile_results()
-    df = epoch_table(HISTORY, evaluations)
+    df = epoch_table(rows(HISTORY, evaluations))
     skipped = ["/data/train/`x`/<b>.png (cannot identify image file)"]
     config = {**CONFIG, "data": {"dataset": "imagefolder", "data_dir": "/data/```\n# not a heading"}}
     text = report_markdown(df, evaluations[1], HOSTILE, config, environment("cpu"), MEASUREMENTS, skipped)
     rendered = _assert_only_text_from_data(text, images=2)
-    rows = _per_class_rows(rendered)
+    class_rows = _per_class_rows(rendered)
     # One row per class, each of three cells, the first the name as typed
     # (its line break shown as \n, on one line).
-    assert [row[0] for row in rows] == [visible_text(name) for name in HOSTILE]
-    assert all(len(row) == 3 for row in rows)
+    assert [row[0] for row in class_rows] == [visible_text(name) for name in HOSTILE]
+    assert all(len(row) == 3 for row in class_rows)
     assert "/data/train/`x`/<b>.png (cannot identify image file)" in html.unescape(rendered)
     # The configuration stays one code block: a path holding ``` does not close it.
     assert rendered.count("<pre>") == 1 and "<h1>not a heading" not in rendered
@@ -132,12 +132,12 @@ def test_report_task_escapes_names_in_files_artifacts_and_descriptions(prefect_s
     from tasks.report import write_report
 
     run_dir = tmp_path / 'run,"x"\n<img src=x onerror=alert(1)>|[l](javascript:1)'
-    history = [{**row, "checkpoint": str(run_dir / "checkpoints" / f"alexnet-{row['epoch']:02d}.pt")} for row in HISTORY]
     evaluations = hostile_results()
 
     @flow
     def report_only():
-        return write_report.fn(run_dir=str(run_dir), history=history, evaluations=evaluations, class_names=HOSTILE,
+        return write_report.fn(run_dir=str(run_dir), rows=rows(HISTORY, evaluations), best_result=evaluations[1],
+                               class_names=HOSTILE,
                                config=CONFIG, env=environment("cpu"), measurements=MEASUREMENTS, skipped_files=[])
 
     state = report_only(return_state=True)
@@ -148,7 +148,7 @@ def test_report_task_escapes_names_in_files_artifacts_and_descriptions(prefect_s
     assert [row[0] for row in _per_class_rows(_assert_only_text_from_data(report, images=2))] == \
         [visible_text(name) for name in HOSTILE]
     csv = pd.read_csv(run_dir / "accuracy.csv")
-    assert csv["checkpoint"].tolist() == [row["checkpoint"] for row in history]
+    assert csv["checkpoint"].tolist() == [f"checkpoints/alexnet-{row['epoch']:02d}.pt" for row in HISTORY]
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(

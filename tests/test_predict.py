@@ -15,7 +15,9 @@ import torch
 from alexnet_pipeline.cache import load_arrays
 from alexnet_pipeline.checkpoint import load_checkpoint
 from alexnet_pipeline.evaluate import batch_logits, evaluate_checkpoint, prepared_model
+from alexnet_pipeline.integrity import sha256_file
 from alexnet_pipeline.predict import checkpoint_preprocessing, image_files, predict_files
+from alexnet_pipeline.record import RECORD_NAME, RunRecord
 from alexnet_pipeline.selection import selected_checkpoint
 from tests.fixtures import trained_image_folder_run
 
@@ -56,18 +58,31 @@ def test_predicting_the_test_folder_reproduces_the_evaluation_image_for_image(tr
     assert (checkpoint_preprocessing(ckpt).stored_size, checkpoint_preprocessing(ckpt).image_size) == (40, 64)
 
 
-def test_selected_checkpoint_is_the_reports_best_epoch(trained, tmp_path, caplog):
+def test_selected_checkpoint_is_the_reports_selected_epoch(trained, tmp_path, caplog):
     run_dir = tmp_path / "run"
-    shutil.copytree(trained["run_dir"], run_dir)
+    shutil.copytree(trained["run_dir"], run_dir, ignore=shutil.ignore_patterns("alexnet-*.pt"))
+    for epoch in (1, 2):  # every epoch's checkpoint, whatever retention kept
+        shutil.copy(trained["run_dir"] / "checkpoints" / "alexnet-02.pt", run_dir / "checkpoints" / f"alexnet-0{epoch}.pt")
+    record = RunRecord.load(run_dir)
+    for row in record.rows:
+        row["checkpoint_sha256"] = sha256_file(run_dir / row["checkpoint"])
+    # The run record's selected epoch, chosen on validation: here epoch 1, though its test accuracy is lower.
+    record.rows[0].update(val_acc=0.9, test_acc=0.1)
+    record.rows[1].update(val_acc=0.5, test_acc=0.9)
+    record.kept = {1: record.rows[0]["checkpoint_sha256"], 2: record.rows[1]["checkpoint_sha256"]}
+    record.save(run_dir)
+    assert selected_checkpoint(run_dir).name == "alexnet-01.pt"
+    (run_dir / RECORD_NAME).unlink()
+    # A run folder without a record: its accuracy.csv, by the same rule.
+    pd.DataFrame({"epoch": [1, 2], "val_acc": [0.4, 0.6], "test_acc": [0.6, 0.4]}).to_csv(run_dir / "accuracy.csv", index=False)
+    assert selected_checkpoint(run_dir).name == "alexnet-02.pt"
+    pd.DataFrame({"epoch": [1, 2], "test_acc": [0.5, 0.5]}).to_csv(run_dir / "accuracy.csv", index=False)
+    assert selected_checkpoint(run_dir).name == "alexnet-01.pt"  # no split, a tie: the earliest, as the report says
+    assert selected_checkpoint(run_dir, epoch=2).name == "alexnet-02.pt"
     (run_dir / "accuracy.csv").unlink()
     # No report yet: the newest checkpoint, said in the log.
     assert selected_checkpoint(run_dir).name == "alexnet-02.pt"
     assert "no report" in caplog.text
-    pd.DataFrame({"epoch": [1, 2], "test_acc": [0.6, 0.4]}).to_csv(run_dir / "accuracy.csv", index=False)
-    assert selected_checkpoint(run_dir).name == "alexnet-01.pt"
-    pd.DataFrame({"epoch": [1, 2], "test_acc": [0.5, 0.5]}).to_csv(run_dir / "accuracy.csv", index=False)
-    assert selected_checkpoint(run_dir).name == "alexnet-01.pt"  # a tie: the earliest, as the report says
-    assert selected_checkpoint(run_dir, epoch=2).name == "alexnet-02.pt"
 
 
 def test_bad_and_non_image_files_are_reported_in_the_csv_not_fatal(trained, run_main, prefect_storage, tmp_path,

@@ -11,6 +11,7 @@ import matplotlib
 import pandas as pd
 import pytest
 
+from alexnet_pipeline.record import row_of
 from alexnet_pipeline.report import (
     accuracy_figure,
     best_row,
@@ -46,25 +47,58 @@ EVALUATIONS = [
     eval_result(0.75, 0.5, [[1, 1], [0, 2]]),
     eval_result(0.25, 1.2, [[1, 1], [2, 0]]),
 ]
+VALIDATION = [  # chooses epoch 3, where the test set would choose epoch 2
+    eval_result(0.5, 0.8, [[1, 1], [1, 1]]),
+    eval_result(0.5, 0.7, [[1, 1], [1, 1]]),
+    eval_result(0.75, 0.6, [[2, 0], [1, 1]]),
+    eval_result(0.25, 0.9, [[1, 1], [2, 0]]),
+]
+
+
+def rows(history: list[dict] = HISTORY, evaluations: list[dict] = EVALUATIONS,
+         validation: list[dict] | None = None) -> list[dict]:
+    """Run-record rows (record.row_of), as training and evaluation write them."""
+    validation = validation or [None] * len(history)
+    return [row_of(h, {"test": e, **({"val": v} if v else {})})
+            for h, e, v in zip(history, evaluations, validation, strict=True)]
+
+
 MEASUREMENTS = {"stage_seconds": {"download": 0.1, "preprocess": 0.2, "train": 12.0, "evaluate": 1.0},
                 "peak_host_memory_gb": 1.5, "peak_gpu_memory_gb": None}
 CONFIG = {"data": {"dataset": "cifar10"}, "model": {"weights": "none"}, "train": {"seed": 17, "epochs": 4}}
 
 
 def test_epoch_table_has_one_row_per_epoch():
-    df = epoch_table(list(reversed(HISTORY)), list(reversed(EVALUATIONS)))
+    df = epoch_table(list(reversed(rows())))
     assert [c for c in REQUIRED_COLUMNS if c not in df.columns] == []
     assert df["epoch"].tolist() == [1, 2, 3, 4]  # sorted, whatever the input order
     assert df["test_acc"].tolist() == [0.5, 0.75, 0.75, 0.25]
     assert df["test_loss"].tolist() == [0.9, 0.6, 0.5, 1.2]
     assert df["train_acc"].tolist() == [0.4, 0.6, 0.7, 0.8]
+    # Relative to the run folder: a moved run folder names the same files.
+    assert df["checkpoint"].tolist() == [f"checkpoints/alexnet-{e:02d}.pt" for e in (1, 2, 3, 4)]
+    assert df["val_acc"].isna().all()
     with pytest.raises(ValueError):
-        epoch_table(HISTORY, EVALUATIONS[:3])  # a missing evaluation is a bug, not a short table
+        rows(HISTORY, EVALUATIONS[:3])  # a missing evaluation is a bug, not a short table
 
 
-def test_best_epoch_is_the_earliest_highest_test_accuracy():
-    best = best_row(epoch_table(HISTORY, EVALUATIONS))
+def test_best_epoch_is_the_earliest_highest_test_accuracy_without_a_split():
+    best = best_row(epoch_table(rows()))
     assert int(best["epoch"]) == 2 and best["test_acc"] == 0.75
+
+
+def test_best_epoch_is_chosen_on_validation_when_there_is_a_split():
+    df = epoch_table(rows(validation=VALIDATION))
+    best = best_row(df)
+    assert int(best["epoch"]) == 3 and best["val_acc"] == 0.75 and best["test_acc"] == 0.75
+    text = report_markdown(df, EVALUATIONS[2], CLASSES, CONFIG, environment("cpu"), MEASUREMENTS, skipped_files=[])
+    assert "- selected epoch: 3, the highest validation accuracy (75.0% on 4 images held out" in text
+    assert "- test accuracy of the selected epoch: **75.0%** ± 42.4 points (95% interval)" in text
+    assert "optimistic" not in text  # (4 test images: near chance, so the verdict says that first)
+    assert "| 3 (selected) |" in text and "Validation accuracy (%)" in text
+    acc_ax = accuracy_figure(df, num_classes=2).axes[0]
+    assert [50, 50, 75, 25] in [list(line.get_ydata()) for line in acc_ax.get_lines()]  # the validation curve
+    assert "selected on validation: epoch 3, test 75.0%" in _legend_texts(acc_ax)
 
 
 def _legend_texts(ax) -> list[str]:
@@ -72,13 +106,13 @@ def _legend_texts(ax) -> list[str]:
 
 
 def test_accuracy_figure_marks_the_best_epoch():
-    fig = accuracy_figure(epoch_table(HISTORY, EVALUATIONS), num_classes=2)
+    fig = accuracy_figure(epoch_table(rows()), num_classes=2)
     acc_ax, loss_ax = fig.axes
     for ax in (acc_ax, loss_ax):
         vertical = [line for line in ax.get_lines() if list(line.get_xdata()) == [2, 2]]
         assert len(vertical) == 1  # the best epoch's dotted line
     assert [list(line.get_ydata()) for line in acc_ax.get_lines()[:2]] == [[40, 60, 70, 80], [50, 75, 75, 25]]
-    assert "best: 75.0%, epoch 2 (selected on test set)" in _legend_texts(acc_ax)
+    assert "selected on test: epoch 2, test 75.0%" in _legend_texts(acc_ax)
 
 
 def test_accuracy_figure_is_honest_about_scale_and_chance():
@@ -86,7 +120,7 @@ def test_accuracy_figure_is_honest_about_scale_and_chance():
     chance drawn, loss from 0 with a uniform guess's ln(C) drawn."""
     import math
 
-    df = epoch_table(HISTORY, EVALUATIONS)
+    df = epoch_table(rows())
     acc_ax, loss_ax = accuracy_figure(df, num_classes=2).axes
     assert acc_ax.get_ylim() == (0, 100)
     chance = [line for line in acc_ax.get_lines() if list(line.get_ydata()) == [50, 50]]
@@ -97,7 +131,7 @@ def test_accuracy_figure_is_honest_about_scale_and_chance():
 
 
 def test_one_epoch_run_has_one_whole_epoch_tick():
-    df = epoch_table(HISTORY[:1], EVALUATIONS[:1])
+    df = epoch_table(rows(HISTORY[:1], EVALUATIONS[:1]))
     for ax in accuracy_figure(df, num_classes=10).axes:
         ax.figure.canvas.draw()
         ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -106,7 +140,7 @@ def test_one_epoch_run_has_one_whole_epoch_tick():
 
 def test_many_epochs_get_whole_epoch_ticks():
     history = [history_row(e, 0.5) for e in range(1, 31)]
-    df = epoch_table(history, [EVALUATIONS[0]] * 30)
+    df = epoch_table(rows(history, [EVALUATIONS[0]] * 30))
     ax = accuracy_figure(df, num_classes=10).axes[0]
     ax.figure.canvas.draw()
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
@@ -146,10 +180,11 @@ def test_sweep_figure_keeps_equal_trials_apart():
 
 
 def test_report_markdown_names_best_and_final_epoch():
-    df = epoch_table(HISTORY, EVALUATIONS)
+    df = epoch_table(rows())
     env = environment("cpu")
     text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, env, MEASUREMENTS, skipped_files=["/x/bad.png (broken)"])
-    assert "best test accuracy: **75.0%** at epoch 2, selected on the test set" in text
+    assert "- selected epoch: 2, the highest test accuracy (no validation split: chosen on the test set" in text
+    assert "- test accuracy of the selected epoch: **75.0%** ± 42.4 points (95% interval)" in text
     assert "final test accuracy: 25.0% at epoch 4" in text
     assert "seed: 17" in text and f"torch {env['torch']}" in text and "device: cpu" in text
     assert "| cat | 100.0 | 2 |" in text and "| dog | 50.0 | 2 |" in text  # per-class accuracy of the best checkpoint
@@ -165,20 +200,20 @@ def test_report_markdown_tables_are_readable_and_consistent():
     losses with three everywhere (not 15 beside 15.4, 2.29 beside 2.205)."""
     import re
 
-    df = epoch_table(HISTORY, EVALUATIONS)
+    df = epoch_table(rows())
     text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, environment("cpu"), MEASUREMENTS, skipped_files=[])
     tables = text.split("## Configuration", 1)[0]
     headers = [line for line in tables.splitlines() if line.startswith("| ") and "---" not in line
                and line.split("|")[1].strip() in ("Epoch", "Class", "Stage")]
     assert headers[0] == ("| Epoch | Train loss | Train accuracy (%) | Test loss | Test accuracy (%) | "
                           "Learning rate | Epoch time (s) | Images/s |")
-    assert headers[1] == "| Class | Accuracy (%) | Test images |"
+    assert headers[1] == "| Class | Accuracy (%) | Test images |"  # no validation columns without a split
     assert headers[2] == "| Stage | Seconds |"
     assert not re.search(r"\b[a-z]+_[a-z]+\b", "\n".join(headers))
     assert "| 1 | 1.000 | 40.0 | 0.900 | 50.0 |" in tables
-    assert "| 2 (best) | 0.500 | 60.0 | 0.600 | 75.0 |" in tables
+    assert "| 2 (selected) | 0.500 | 60.0 | 0.600 | 75.0 |" in tables
     assert "| 4 | 0.250 | 80.0 | 1.200 | 25.0 |" in tables
-    percents = re.findall(r"(\d+(?:\.\d+)?)%", tables)
+    percents = re.findall(r"(\d+(?:\.\d+)?)%(?! interval)", tables)  # accuracies, not the interval's level
     assert percents and all(re.fullmatch(r"\d+\.\d", p) for p in percents), percents
 
 
@@ -191,14 +226,19 @@ def test_report_verdict_says_when_a_result_is_near_chance():
     assert "15.4%" in smoke and "10.0% chance" in smoke
     trained = verdict(best_acc=0.874, final_acc=0.871, num_classes=10, num_images=10_000)
     assert trained.startswith("above chance") and "87.1% ± 0.7 points" in trained and "optimistic" in trained
+    # Selected on a validation split: the selected epoch's test accuracy is the number to quote.
+    on_val = verdict(best_acc=0.874, final_acc=0.871, num_classes=10, num_images=10_000, on="validation",
+                     val_acc=0.88, val_images=5000)
+    assert "Quote the selected epoch's test accuracy, 87.4% ± 0.7 points" in on_val
+    assert "88.0% on 5,000 held-out training images" in on_val and "optimistic" not in on_val
     # Ten test images cannot show that 80% on two classes beats a coin.
     assert verdict(0.8, 0.8, num_classes=2, num_images=10).startswith("near chance")
 
-    df = epoch_table(HISTORY, EVALUATIONS)
+    df = epoch_table(rows())
     text = report_markdown(df, EVALUATIONS[1], CLASSES, CONFIG, environment("cpu"), MEASUREMENTS, skipped_files=[])
     verdict_lines = [line for line in text.splitlines() if line.startswith("**Verdict:**")]
     assert verdict_lines == [f"**Verdict:** {verdict(0.75, 0.25, num_classes=2, num_images=4)}"]
-    assert text.index("**Verdict:**") < text.index("best test accuracy")
+    assert text.index("**Verdict:**") < text.index("test accuracy of the selected epoch")
 
 
 def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_path):
@@ -213,7 +253,7 @@ def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_p
     @flow
     def report_only():
         # The task's own logic (.fn), inside a flow run so artifacts attach to it.
-        return write_report.fn(run_dir=str(run_dir), history=HISTORY, evaluations=EVALUATIONS, class_names=CLASSES,
+        return write_report.fn(run_dir=str(run_dir), rows=rows(), best_result=EVALUATIONS[1], class_names=CLASSES,
                                config=CONFIG, env=environment("cpu"), measurements=MEASUREMENTS, skipped_files=[])
 
     state = report_only(return_state=True)
@@ -222,7 +262,7 @@ def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_p
     assert sorted(paths) == ["accuracy.csv", "accuracy.png", "confusion.png", "report.md"]
     assert all(paths[name] == str(run_dir / name) for name in paths)
     csv = pd.read_csv(run_dir / "accuracy.csv")
-    assert list(csv.columns[: len(REQUIRED_COLUMNS) - 1]) == REQUIRED_COLUMNS[:-1] and "checkpoint" in csv.columns
+    assert [c for c in csv.columns if c in REQUIRED_COLUMNS] == REQUIRED_COLUMNS  # in this order, among others
     assert csv["epoch"].tolist() == [1, 2, 3, 4]
     assert csv["test_acc"].tolist() == [0.5, 0.75, 0.75, 0.25]
     assert csv["checkpoint"].iloc[1].endswith("alexnet-02.pt")
@@ -231,7 +271,7 @@ def test_write_report_task_writes_the_files_and_artifacts(prefect_storage, tmp_p
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 10_000
     report = (run_dir / "report.md").read_text()
     # On disk, report.md links the PNGs beside it.
-    assert "at epoch 2" in report and "](accuracy.png)" in report and "](confusion.png)" in report
+    assert "selected epoch: 2" in report and "](accuracy.png)" in report and "](confusion.png)" in report
     assert sorted(p.name for p in run_dir.iterdir()) == sorted(paths)  # no temporary files left
 
     with get_client(sync_client=True) as client:
@@ -261,7 +301,7 @@ def test_report_artifact_carries_its_images_inline(prefect_storage, tmp_path):
 
     @flow
     def report_only():
-        write_report.fn(run_dir=str(run_dir), history=HISTORY, evaluations=EVALUATIONS, class_names=CLASSES,
+        write_report.fn(run_dir=str(run_dir), rows=rows(), best_result=EVALUATIONS[1], class_names=CLASSES,
                         config=CONFIG, env=environment("cpu"), measurements=MEASUREMENTS, skipped_files=[])
 
     state = report_only(return_state=True)
@@ -291,6 +331,23 @@ def test_sweep_row_keeps_the_trials_real_training_time():
     summary = run_summary(curve)
     assert summary["train_seconds"] == 81.8 and summary["best_epoch"] == 2
     assert "train_seconds" in RESULT_COLUMNS
+
+
+def test_sweep_trials_are_selected_and_ranked_on_validation():
+    """Each trial's epoch is selected on its validation accuracy, and the
+    trials are ranked by it: the test set chooses neither."""
+    import pandas as pd
+
+    from alexnet_pipeline.sweep import run_summary, sweep_table
+
+    curves = [pd.DataFrame({"epoch": [1, 2], "val_acc": [0.6, 0.4], "test_acc": [0.3, 0.9], "epoch_seconds": [1, 1]}),
+              pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.7], "test_acc": [0.8, 0.2], "epoch_seconds": [1, 1]})]
+    first, second = (run_summary(c) for c in curves)
+    assert (first["best_epoch"], first["best_test_acc"], first["selected_on"]) == (1, 0.3, "validation")
+    assert (second["best_epoch"], second["best_val_acc"]) == (2, 0.7)
+    table = sweep_table([{"trial": 1, "state": "Completed", "params": {"seed": 0}, **first},
+                         {"trial": 2, "state": "Completed", "params": {"seed": 1}, **second}], ["seed"])
+    assert table["rank"].tolist() == [2, 1]  # trial 2 is better on validation, though worse on test
 
 
 def test_trials_that_differ_only_by_seed_are_summarised_over_seeds():

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from alexnet_pipeline.record import row_of
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +66,9 @@ def synthetic_report_inputs(run_dir: Path) -> dict:
                         "checkpoint": str(run_dir / "checkpoints" / f"alexnet-{epoch:02d}.pt")})
         evaluations.append({"loss": 2.2 - 0.03 * epoch, "accuracy": accuracy, "num_images": 1000,
                             "per_class_accuracy": [c / 100 for c in correct], "confusion": confusion})
-    return {"run_dir": str(run_dir), "history": history, "evaluations": evaluations, "class_names": CIFAR,
+    rows = [row_of(h, {"test": e}) for h, e in zip(history, evaluations, strict=True)]
+    best_result = evaluations[1]  # epoch 2, the best on the test set (no validation split here)
+    return {"run_dir": str(run_dir), "rows": rows, "best_result": best_result, "class_names": CIFAR,
             "config": {"data": {"dataset": "cifar10", "subset": 1000}, "train": {"seed": 0, "epochs": 3}},
             "env": {"device": "cpu", "torch": "test", "python": "3.11", "host": "test"},
             "measurements": {"stage_seconds": {"train": 45.0, "evaluate": 4.0}, "peak_host_memory_gb": 1.5,
@@ -199,8 +203,8 @@ def test_report_artifact_page_shows_plots_tables_and_best_accuracy(prefect_serve
     assert len(report_images) == 2, images
     assert all(img["naturalWidth"] > 0 for img in images), f"broken image(s) on {page_url}: {images}"
     assert BEST in text and "Verdict" in text and "near chance" in text
-    assert "Accuracy per epoch" in text and "2 (best)" in text  # the per-epoch table
-    assert "Per-class accuracy" in text and all(name in text for name in CIFAR)
+    assert "Accuracy per epoch" in text and "2 (selected)" in text  # the per-epoch table
+    assert "Per-class test accuracy" in text and all(name in text for name in CIFAR)
 
 
 # Class names a user's image folder may hold (issue 24): markup of every kind,
