@@ -168,6 +168,19 @@ def _only_types(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("only_types"))
 
 
+def _not_onecycle(value: Any) -> Any:
+    # The name this schedule had until it was found not to be torch's
+    # OneCycleLR (no low start, no final annealing below the start, no
+    # momentum cycle) and to ignore train.warmup_epochs: a config that
+    # still says it is refused, not silently read as something else.
+    if value == "onecycle":
+        raise PydanticCustomError(
+            "refused_value", "'onecycle' is no longer a schedule: it was a linear warm-up over the first quarter "
+            "of the steps, then cosine decay, not torch's OneCycleLR; for the same, write schedule: warmup_cosine "
+            "and warmup_epochs: a quarter of train.epochs")
+    return value
+
+
 class DataConfig(_Section):
     dataset: Annotated[Literal["cifar10", "imagefolder"], Flag()] = Field(
         "cifar10", description="cifar10 (downloaded into --data-dir) or imagefolder "
@@ -210,10 +223,11 @@ class TrainConfig(_Section):
         None, gt=0, lt=10, description="base learning rate (default: chosen from the weights)")
     weight_decay: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
         0.05, ge=0, description="AdamW's weight decay")
-    schedule: Literal["constant", "warmup_cosine", "onecycle"] = Field(
-        "warmup_cosine", description="learning-rate schedule")
+    schedule: Annotated[Literal["constant", "warmup_cosine"], BeforeValidator(_not_onecycle)] = Field(
+        "warmup_cosine", description="the learning rate after the warm-up: constant, or cosine decay to 0 "
+                                     "at the last step")
     warmup_epochs: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
-        1.0, ge=0, le=MAX_EPOCHS, description="epochs of linear warm-up (warmup_cosine only)")
+        1.0, ge=0, le=MAX_EPOCHS, description="epochs of linear warm-up to the lr, under either schedule (0: none)")
     label_smoothing: Annotated[Number, Limits("must be in [0, 1), got {value}", "must be in [0, 1), got {value}")] = Field(
         0.1, ge=0, lt=1, description="label smoothing of the training loss")
     augment: Switch = Field(True, description="random crop (from a reflect-padded image) and horizontal flip")
@@ -232,9 +246,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _warmup_within_training(self, info: ValidationInfo) -> TrainConfig:
-        # Only warmup_cosine reads it; a warm-up past the last epoch never reaches the lr asked for.
+        # A warm-up past the last epoch never reaches the lr asked for.
         if not _only_types(info):
-            _check(self.schedule != "warmup_cosine" or self.warmup_epochs <= self.epochs, "warmup_epochs",
+            _check(self.warmup_epochs <= self.epochs, "warmup_epochs",
                    f"{self.warmup_epochs} is longer than the training ({self.epochs} epochs); use at most {self.epochs}")
         return self
 
@@ -457,7 +471,7 @@ def _explain(error: dict, model: type[BaseModel], prefix: str) -> tuple[tuple, s
     if kind == "cross_field":
         ctx = error["ctx"]
         return (3,), f"{prefix}{''.join(f'{p}.' for p in loc)}{ctx['field']}: {ctx['message']}"
-    if kind == "not_utf8":
+    if kind in ("not_utf8", "refused_value"):
         return (1,), f"{name}: {error['msg']}"
     _, field = _field_at(model, loc)
     expected = base_type(field.annotation) if field is not None else None

@@ -68,13 +68,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the base lr at a step (LambdaLR keeps it resumable)."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "onecycle":
-        warmup_steps = max(1, int(0.25 * total_steps))
+    """Multiplier of the base lr at a step (LambdaLR keeps it resumable):
+    a linear warm-up under either schedule, then constant or cosine."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 

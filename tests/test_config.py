@@ -145,11 +145,21 @@ def test_the_extremes_of_each_range_are_accepted():
 
     torch.manual_seed(cfg.train.seed)  # what training does with it
     torch.manual_seed(epoch_seed(cfg.train.seed, 30) + 1)
-    # A warm-up longer than the run matters only to the schedule that has one
-    # (training still computes its step count: an overflow is refused for all).
-    assert resolve_config("seed", overrides={"train.warmup_epochs": 99}).train.warmup_epochs == 99
+    # Every schedule warms up: a warm-up longer than the run is refused under each.
+    with pytest.raises(ConfigError, match=r"^train\.warmup_epochs: 99\.0 is longer than the training \(30 epochs\)"):
+        resolve_config("seed", overrides={"train.warmup_epochs": 99})
     with pytest.raises(ConfigError, match=r"^train\.warmup_epochs: 1e\+308 is more than this pipeline supports"):
         resolve_config("seed", overrides={"train.warmup_epochs": 1e308})
+
+
+def test_the_old_onecycle_name_is_refused_with_what_it_was():
+    """`onecycle` was warm-up + cosine, not torch's OneCycleLR: a config
+    that names it is refused with the equivalent, in one line."""
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", overrides={"train.schedule": "onecycle"})
+    message = str(err.value)
+    assert message.startswith("train.schedule: 'onecycle' is no longer a schedule") and "\n" not in message
+    assert "schedule: warmup_cosine and warmup_epochs: a quarter of train.epochs" in message
 
 
 def test_smallest_alexnet_image_size_is_accepted():

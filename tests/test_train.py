@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from alexnet_pipeline.cache import load_arrays, preprocess, read_meta
 from alexnet_pipeline.checkpoint import RESUME_NAME, load_checkpoint, model_from_checkpoint
-from alexnet_pipeline.config import config_from_dict, resolve_config
+from alexnet_pipeline.config import TrainConfig, base_type, config_from_dict, resolve_config
 from alexnet_pipeline.device_data import DeviceDataset
 from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import ConfigError
@@ -313,15 +314,24 @@ def test_batch_larger_than_the_dataset(dataset_dir, tmp_path):
 
 
 def test_lr_schedules():
-    assert [lr_factor("constant", s, 10, 3) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 10, 0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 10, 3) for s in (0, 1, 2, 3, 9)] == [pytest.approx(1 / 3), pytest.approx(2 / 3),
+                                                                        1.0, 1.0, 1.0]
     # Linear warm-up reaching 1 at the end of the warm-up steps, then cosine to 0.
     assert [lr_factor("warmup_cosine", s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor("warmup_cosine", 4, 10, 4) == 1.0
     assert lr_factor("warmup_cosine", 7, 10, 4) == pytest.approx(0.5)
     assert lr_factor("warmup_cosine", 10, 10, 4) == pytest.approx(0.0)
     assert lr_factor("warmup_cosine", 0, 10, 0) == 1.0  # no warm-up
-    # One-cycle warms up over a quarter of all steps whatever warmup_steps says.
-    assert lr_factor("onecycle", 0, 8, 0) == 0.5 and lr_factor("onecycle", 1, 8, 0) == 1.0
+
+
+def test_no_schedule_ignores_the_warm_up():
+    """train.warmup_epochs is read by every schedule a config accepts (the
+    constant schedule used to drop it silently)."""
+    schedules = typing.get_args(base_type(TrainConfig.model_fields["schedule"].annotation))
+    assert schedules
+    for schedule in schedules:
+        assert [lr_factor(schedule, s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0], schedule
 
 
 def test_batch_transform_normalises_and_resizes():
