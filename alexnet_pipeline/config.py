@@ -204,7 +204,7 @@ class DataConfig(_Section):
     md5: Text = Field(CIFAR10_MD5, description="the CIFAR-10 archive's MD5 (checked unless verify is false)")
     decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
                                                      f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
-        None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: one per CPU)")
+        None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: twice the CPUs, at most 32)")
 
 
 class ModelConfig(_Section):
