@@ -167,7 +167,6 @@ def train_run(
                 "dataset_key": dataset_key,
                 "optimizer": None,  # the snapshot's, filled in by the writer
                 "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}

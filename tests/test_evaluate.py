@@ -206,11 +206,12 @@ def test_checkpoints_kept_in_memory_stay_within_the_budget():
     kept = RecentCheckpoints(budget_bytes=2048)
     for i in range(3):
         kept.remember(f"sha{i}", ckpt(float(i)))
-    assert kept.get("sha0") is None  # oldest out
-    assert kept.get("sha1")["model"]["w"][0] == 1 and kept.get("sha2")["model"]["w"][0] == 2
+    assert kept.take("sha0") is None  # oldest out
+    assert kept.take("sha1")["model"]["w"][0] == 1
     kept.remember("big", {"model": {"w": torch.zeros(1024)}})  # larger than the whole budget: not kept
-    assert kept.get("big") is None and kept.get("sha2") is not None
-    assert kept.get(None) is None
+    assert kept.take("big") is None and kept.take("sha2")["model"]["w"][0] == 2
+    assert kept.take("sha2") is None  # taken once
+    assert kept.take(None) is None
 
 
 def test_checkpoint_with_wrong_weight_shapes_is_refused(tmp_path, dataset_dir):
