@@ -84,19 +84,19 @@ def test_evaluate_puts_the_model_in_eval_mode():
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, cifar_archive_dir) -> Path:
-    data_dir = tmp_path_factory.mktemp("eval-data")
+def dataset_dir(module_tmp, cifar_archive_dir) -> Path:
+    data_dir = module_tmp("eval-data")
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
     batches = ensure_cifar10(data_dir, verify=False, progress=False)
     return preprocess(DataConfig(data_dir=str(data_dir)), 64, batches, progress=False)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, dataset_dir):
+def checkpoint(module_tmp, dataset_dir):
     """A checkpoint written as training writes it, from a random model."""
     torch.manual_seed(5)
     model = new_alexnet(10).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "alexnet-01.pt"
+    path = module_tmp("ckpt") / "alexnet-01.pt"
     meta = {"class_names": CLASS_NAMES, "num_classes": 10, "image_size": 64, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD, "config": {}, "seed": 5, "epoch": 1, "dataset_key": read_meta(dataset_dir)["key"]}
     save_epoch_checkpoint(path, model.state_dict(), meta)

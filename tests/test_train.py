@@ -39,8 +39,8 @@ TIMING_FIELDS = {"epoch_seconds", "images_per_s", "checkpoint", "checkpoint_sha2
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, cifar_archive_dir) -> Path:
-    data_dir = tmp_path_factory.mktemp("train-data")
+def dataset_dir(module_tmp, cifar_archive_dir) -> Path:
+    data_dir = module_tmp("train-data")
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
     batches = ensure_cifar10(data_dir, verify=False, progress=False)
     cfg = resolve_config("default", overrides={**TRAIN, "data.data_dir": str(data_dir)})
@@ -52,9 +52,9 @@ def make_config(dataset_dir: Path, **extra):
 
 
 @pytest.fixture(scope="module")
-def trained(dataset_dir, tmp_path_factory):
+def trained(dataset_dir, module_tmp):
     """One uninterrupted 2-epoch run (10 images, 2 steps per epoch)."""
-    run_dir = tmp_path_factory.mktemp("trained")
+    run_dir = module_tmp("trained")
     cfg = make_config(dataset_dir)
     history = train_run(cfg, dataset_dir, run_dir, progress=False)
     return cfg, run_dir, history
