@@ -169,10 +169,9 @@ def _only_types(info: ValidationInfo) -> bool:
 
 
 def _not_onecycle(value: Any) -> Any:
-    # The name this schedule had until it was found not to be torch's
-    # OneCycleLR (no low start, no final annealing below the start, no
-    # momentum cycle) and to ignore train.warmup_epochs: a config that
-    # still says it is refused, not silently read as something else.
+    # A schedule once offered under this name was not torch's OneCycleLR (no
+    # momentum cycle, its warm-up a fixed quarter whatever train.warmup_epochs
+    # said): a config naming it is refused, not silently read as another.
     if value == "onecycle":
         raise PydanticCustomError(
             "refused_value", "'onecycle' is no longer a schedule: it was a linear warm-up over the first quarter "
