@@ -3,8 +3,10 @@
     checkpoints/alexnet-07.pt   weights + everything needed to rebuild and run
                                 the model (class names, image size, mean/std,
                                 config, epoch, seed, that epoch's train stats)
-    checkpoints/resume.pt       optimizer, scheduler and RNG states, history and
+    checkpoints/resume.pt       optimizer and scheduler states, history and
                                 the SHA-256 of every epoch checkpoint so far
+                                (no RNG states: each epoch is reseeded from
+                                (seed, epoch); older files' "rng" is ignored)
 
 Both are written atomically (temp file, fsync, rename), alexnet-NN.pt first,
 so resume.pt never names a checkpoint that is not complete on disk. Every load
@@ -194,13 +196,8 @@ class RecentCheckpoints:
             while sum(s for _, s in self._entries.values()) > self.budget_bytes:
                 self._entries.popitem(last=False)
 
-    def get(self, sha256: str | None) -> dict | None:
-        with self._lock:
-            entry = self._entries.get(sha256) if sha256 else None
-            return entry[0] if entry else None
-
     def take(self, sha256: str | None) -> dict | None:
-        """Like get, and forget it: each checkpoint is evaluated once."""
+        """The checkpoint, forgotten here: each checkpoint is evaluated once."""
         with self._lock:
             entry = self._entries.pop(sha256, None) if sha256 else None
             return entry[0] if entry else None

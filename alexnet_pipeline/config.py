@@ -181,6 +181,18 @@ def _only_types(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("only_types"))
 
 
+def _not_onecycle(value: Any) -> Any:
+    # A schedule once offered under this name was not torch's OneCycleLR (no
+    # momentum cycle, its warm-up a fixed quarter whatever train.warmup_epochs
+    # said): a config naming it is refused, not silently read as another.
+    if value == "onecycle":
+        raise PydanticCustomError(
+            "refused_value", "'onecycle' is no longer a schedule: it was a linear warm-up over the first quarter "
+            "of the steps, then cosine decay, not torch's OneCycleLR; for the same, write schedule: warmup_cosine "
+            "and warmup_epochs: a quarter of train.epochs")
+    return value
+
+
 class DataConfig(_Section):
     dataset: Annotated[Literal["cifar10", "imagefolder"], Flag()] = Field(
         "cifar10", description="cifar10 (downloaded into --data-dir) or imagefolder "
@@ -209,7 +221,7 @@ class DataConfig(_Section):
                                        "0: no split, the best epoch is chosen on the test set")
     decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
                                                      f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
-        None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: one per CPU)")
+        None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: twice the CPUs, at most 32)")
 
 
 class ModelConfig(_Section):
@@ -228,10 +240,11 @@ class TrainConfig(_Section):
         None, gt=0, lt=10, description="base learning rate (default: chosen from the weights)")
     weight_decay: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
         0.05, ge=0, description="AdamW's weight decay")
-    schedule: Literal["constant", "warmup_cosine", "onecycle"] = Field(
-        "warmup_cosine", description="learning-rate schedule")
+    schedule: Annotated[Literal["constant", "warmup_cosine"], BeforeValidator(_not_onecycle)] = Field(
+        "warmup_cosine", description="the learning rate after the warm-up: constant, or cosine decay to 0 "
+                                     "at the last step")
     warmup_epochs: Annotated[Number, Limits(below="must be >= 0, got {value}")] = Field(
-        1.0, ge=0, le=MAX_EPOCHS, description="epochs of linear warm-up (warmup_cosine only)")
+        1.0, ge=0, le=MAX_EPOCHS, description="epochs of linear warm-up to the lr, under either schedule (0: none)")
     label_smoothing: Annotated[Number, Limits("must be in [0, 1), got {value}", "must be in [0, 1), got {value}")] = Field(
         0.1, ge=0, lt=1, description="label smoothing of the training loss")
     augment: Switch = Field(True, description="random crop (from a reflect-padded image) and horizontal flip")
@@ -253,9 +266,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _warmup_within_training(self, info: ValidationInfo) -> TrainConfig:
-        # Only warmup_cosine reads it; a warm-up past the last epoch never reaches the lr asked for.
+        # A warm-up past the last epoch never reaches the lr asked for.
         if not _only_types(info):
-            _check(self.schedule != "warmup_cosine" or self.warmup_epochs <= self.epochs, "warmup_epochs",
+            _check(self.warmup_epochs <= self.epochs, "warmup_epochs",
                    f"{self.warmup_epochs} is longer than the training ({self.epochs} epochs); use at most {self.epochs}")
         return self
 
@@ -475,7 +488,7 @@ def _explain(error: dict, model: type[BaseModel], prefix: str) -> tuple[tuple, s
     if kind == "cross_field":
         ctx = error["ctx"]
         return (3,), f"{prefix}{''.join(f'{p}.' for p in loc)}{ctx['field']}: {ctx['message']}"
-    if kind == "not_utf8":
+    if kind in ("not_utf8", "refused_value"):
         return (1,), f"{name}: {error['msg']}"
     _, field = _field_at(model, loc)
     expected = base_type(field.annotation) if field is not None else None

@@ -191,14 +191,6 @@ def _check_records(run_dir: Path, identity: RunIdentity | None) -> list[tuple[st
     return records
 
 
-def check_same_run(run_dir: str | Path, identity: RunIdentity | None = None) -> RunIdentity | None:
-    """Raise ConfigError unless every record in run_dir (marker, resume.pt,
-    every checkpoint) agrees with `identity` (without one: with each other).
-    Returns the identity they record, None if none can be read."""
-    records = _check_records(Path(run_dir), identity)
-    return records[0][1] if records else None
-
-
 # --- what a folder holds ------------------------------------------------------------------
 
 
@@ -278,7 +270,7 @@ def check_run_folder_layout(run_dir: str | Path) -> str:
     where it is and which files it holds (reads nothing but names). Returns
     "new" (does not exist), "empty", "marked" (carries the run marker) or
     "unmarked" (a run folder from before markers: only the pipeline's files,
-    checkpoints among them; check_same_run then decides)."""
+    checkpoints among them; their records then decide)."""
     path = Path(run_dir).expanduser()
     real = Path(os.path.realpath(path))
     _check_place(path, real, "run")
@@ -359,7 +351,8 @@ def _inspect(run_dir: Path, identity: RunIdentity | None) -> tuple[str, list[tup
 
 def check_run_folder(run_dir: str | Path, identity: RunIdentity | None = None) -> str:
     """Raise ConfigError unless run_dir may hold the run `identity` describes:
-    check_run_folder_layout, then check_same_run, and a folder without a
+    check_run_folder_layout, then every record in it (marker, resume.pt,
+    every checkpoint) agrees with `identity`, and a folder without a
     readable marker must have a readable checkpoint that says which run it
     holds. Reads only; returns check_run_folder_layout's verdict."""
     return _inspect(Path(run_dir).expanduser(), identity)[0]

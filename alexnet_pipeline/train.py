@@ -70,13 +70,12 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def lr_factor(schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
-    """Multiplier of the base lr at a step (LambdaLR keeps it resumable)."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "onecycle":
-        warmup_steps = max(1, int(0.25 * total_steps))
+    """Multiplier of the base lr at a step (LambdaLR keeps it resumable):
+    a linear warm-up under either schedule, then constant or cosine."""
     if step < warmup_steps:
         return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
     progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
@@ -201,7 +200,6 @@ def train_run(
                 "dataset_key": dataset_key,
                 "optimizer": None,  # the snapshot's, filled in by the writer
                 "scheduler": scheduler.state_dict(),
-                "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
                 "history": [dataclasses.asdict(h) for h in history],
             }
             meta = {**meta_base, "epoch": epoch, "train_stats": dataclasses.asdict(stats)}

@@ -1,4 +1,4 @@
-"""Pack a 32x32 image folder (the JPEG copy of CIFAR-10 in ../shared/data/)
+"""Pack a 32x32 image folder (a JPEG copy of CIFAR-10, say)
 into the official `cifar-10-python.tar.gz` format, for timing the default
 CIFAR-10 path where the real archive cannot be downloaded (the GPU machine
 has no network). Its MD5 differs from the official one: run the pipeline on

@@ -1,12 +1,12 @@
 """Predict's throughput on real JPEGs against the evaluation's, same device,
 same image size, same batch size, in one process.
 
-    python benchmarks/predict.py                          # 3,000 CIFAR-10 JPEGs at 224x224
-    python benchmarks/predict.py --per-class 30 --image-size 64 --runs 1   # a quick look
+    python benchmarks/predict.py --archive cifar10-jpeg.tar.xz    # 3,000 CIFAR-10 JPEGs at 224x224
+    python benchmarks/predict.py --archive cifar10-jpeg.tar.xz --per-class 30 --image-size 64 --runs 1
 
-The images are the CIFAR-10 JPEGs of ../shared/data/cifar10-jpeg.tar.xz (its
-README), extracted into a temporary folder that is deleted afterwards. A
-one-epoch model (random init, 2 training images per class: throughput does
+The images are CIFAR-10's as JPEGs, from an archive holding
+cifar10-jpeg/{train,test}/<class>/*.jpg, extracted into a temporary folder
+that is deleted afterwards. A one-epoch model (random init, 2 training images per class: throughput does
 not depend on what it learned) gives the checkpoint. Then, alternately for
 `--runs` rounds:
 - evaluation: alexnet_pipeline.evaluate.evaluate_checkpoint on the test
@@ -36,8 +36,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ARCHIVE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg.tar.xz"
-
 
 def build_folder(archive: Path, work: Path, per_class: int) -> Path:
     """work/bench/{train,test}/<class>/*.jpg: 2 training images and
@@ -56,7 +54,8 @@ def build_folder(archive: Path, work: Path, per_class: int) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archive", type=Path, default=ARCHIVE)
+    p.add_argument("--archive", type=Path, required=True,
+                   help="a .tar.xz of CIFAR-10 as JPEGs: cifar10-jpeg/{train,test}/<class>/*.jpg")
     p.add_argument("--per-class", type=int, default=300, help="test images per class (10 classes)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--batch-size", type=int, default=250, help="evaluation's and predict's batch size")

@@ -4,7 +4,8 @@ training step, in one process, on one device, after warm-up, synchronised.
     python benchmarks/throughput.py              # on a GPU: full-size measurement
     python benchmarks/throughput.py --quick      # tiny counts, runs on the CPU (CI)
 
-(a) seed: a faithful re-implementation of ../shared/seed/'s recipe: a PIL
+(a) seed: a faithful re-implementation of the recipe of the tutorial
+    this project grew from (the seed preset): a PIL
     image per item, to_tensor + normalise + resize to 224 one image at a time
     on the CPU in the collate function, fp32, batch 128, AdamW 1e-5, and the
     host sync per step (.item()).

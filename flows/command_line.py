@@ -48,14 +48,13 @@ def describe_parameters(fn: Callable, descriptions: dict[str, str]) -> Callable:
 
 
 def run_flow_command(launch: Callable[[], dict], summary: Callable[[dict], str], *,
-                     before: Callable[[], None] | None = None, hint: str = RESUME_HINT,
-                     also_failures: tuple[type[Exception], ...] = ()) -> int:
+                     before: Callable[[], None] | None = None, hint: str = RESUME_HINT) -> int:
     """Exit code of a command line that runs one flow: `before` checks what
     can be checked before Prefect starts, `launch` runs the flow under the
     temporary server (or PREFECT_API_URL's), `summary` says what it did. A
-    PipelineError (or one of `also_failures`, exit code 1) is printed as one
-    `error:` line, never a traceback; a signal stops it cleanly (`hint`
-    says how to go on)."""
+    PipelineError is printed as one `error:` line, never a traceback (any
+    other exception is a bug and keeps its traceback); a signal stops it
+    cleanly (`hint` says how to go on)."""
     tasks.command_line_reports_errors()  # printed once, as the error: line below
     with exit_on_signals(hint):
         try:
@@ -67,9 +66,6 @@ def run_flow_command(launch: Callable[[], dict], summary: Callable[[dict], str],
         except PipelineError as exc:
             print(f"\nerror: {exc}", file=sys.stderr)
             return exc.exit_code
-        except also_failures as exc:
-            print(f"\nerror: {exc}", file=sys.stderr)
-            return 1
     warn_unsaved_results()
     print(summary(result))
     return 0

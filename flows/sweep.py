@@ -26,7 +26,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.config import RUN_OPTIONS, load_yaml, resolve_run, runs_root
-from alexnet_pipeline.errors import ConfigError
+from alexnet_pipeline.errors import ConfigError, PipelineError
 from alexnet_pipeline.ownership import claim_sweep_folder
 from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
 from flows.command_line import run_flow_command
@@ -87,7 +87,8 @@ def sweep(
     paths = write_sweep_report(str(sweep_dir), rows, param_keys(planned), varying_keys(planned))
     failed = [row for row in rows if row["state"] != "Completed"]
     if len(failed) == len(rows):
-        raise RuntimeError(f"all {len(rows)} trials failed; see {paths['sweep.csv']} (first error: {failed[0]['error']})")
+        # The user's to look into (deployment, workers, settings), as any PipelineError: one line.
+        raise PipelineError(f"all {len(rows)} trials failed; see {paths['sweep.csv']} (first error: {failed[0]['error']})")
     return {"sweep_dir": str(sweep_dir), **paths, "failed": len(failed), "trials": rows}
 
 
@@ -147,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
         lambda: sweep(**request), summary, before=read_request,
         hint="trials already started go on on their workers; run the same command again "
              "once they have ended, and finished trials are reused",
-        also_failures=(RuntimeError,),  # every trial failed; the report says why
     )
 
 

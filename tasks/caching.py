@@ -1,4 +1,4 @@
-"""Cache policies that survive into a new run (see ../shared/PREFECT_NOTES.md).
+"""Cache policies that survive into a new run.
 
 Prefect's default policy includes the flow run id, so a new run would redo
 everything. Here keys come from the task's inputs, its source, and the

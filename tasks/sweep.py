@@ -1,11 +1,16 @@
+"""The sweep's tasks: start one trial on the work pool and wait for its row
+of the table (run_trial), write sweep.csv and the figures (write_sweep_report)."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
 
 from alexnet_pipeline.escape import markdown_code
 from alexnet_pipeline.files import atomic_path, atomic_write_text
@@ -37,7 +42,9 @@ def run_trial(deployment: str, index: int, params: dict, timeout_s: float | None
                                   flow_run_name=run_name, idempotency_key=idempotency_key)
     except Exception as exc:  # noqa: BLE001 - no such deployment, server gone: the trial failed, the sweep goes on
         row["error"] = f"{type(exc).__name__}: {exc}"
-        logger.error("trial %d could not be started: %s", index, row["error"])
+        # No such deployment, no server: the user's to fix, one line. Anything else is a bug: its traceback too.
+        logger.error("trial %d could not be started: %s", index, row["error"],
+                     exc_info=not isinstance(exc, (ObjectNotFound, httpx.HTTPError)))
         return row
     state = flow_run.state
     row.update(state=state.name if state else "Unknown", flow_run_id=str(flow_run.id), flow_run_name=flow_run.name)

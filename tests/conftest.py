@@ -78,6 +78,23 @@ def image_folder(tmp_path) -> Path:
     return make_image_folder(tmp_path / "images")
 
 
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """`module_tmp(name)`: a new folder for a module fixture's files (a
+    trained run is about 0.9 GB), removed once the module's tests are done:
+    tmp_path_factory's folders would stay until pytest ends. A test's own
+    tmp_path goes when it passes (tmp_path_retention_policy, pyproject.toml)."""
+    made = []
+
+    def make(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield make
+    for folder in made:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def fake_weights(tmp_path_factory) -> Path:
     return make_fake_weights(tmp_path_factory.mktemp("weights") / "alexnet-fake.pth")
@@ -86,7 +103,7 @@ def fake_weights(tmp_path_factory) -> Path:
 def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `python flows/full_run.py ARGS` as a user would, in its own process
     group; the whole group is killed afterwards, because a SIGKILLed run leaves
-    Prefect's temporary server behind (../shared/PREFECT_NOTES.md)."""
+    Prefect's temporary server behind."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     full_env.setdefault("PREFECT_HOME", str(cwd / ".prefect"))
     for harness_var in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):

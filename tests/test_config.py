@@ -145,11 +145,21 @@ def test_the_extremes_of_each_range_are_accepted():
 
     torch.manual_seed(cfg.train.seed)  # what training does with it
     torch.manual_seed(epoch_seed(cfg.train.seed, 30) + 1)
-    # A warm-up longer than the run matters only to the schedule that has one
-    # (training still computes its step count: an overflow is refused for all).
-    assert resolve_config("seed", overrides={"train.warmup_epochs": 99}).train.warmup_epochs == 99
+    # Every schedule warms up: a warm-up longer than the run is refused under each.
+    with pytest.raises(ConfigError, match=r"^train\.warmup_epochs: 99\.0 is longer than the training \(30 epochs\)"):
+        resolve_config("seed", overrides={"train.warmup_epochs": 99})
     with pytest.raises(ConfigError, match=r"^train\.warmup_epochs: 1e\+308 is more than this pipeline supports"):
         resolve_config("seed", overrides={"train.warmup_epochs": 1e308})
+
+
+def test_the_old_onecycle_name_is_refused_with_what_it_was():
+    """`onecycle` was warm-up + cosine, not torch's OneCycleLR: a config
+    that names it is refused with the equivalent, in one line."""
+    with pytest.raises(ConfigError) as err:
+        resolve_config("default", overrides={"train.schedule": "onecycle"})
+    message = str(err.value)
+    assert message.startswith("train.schedule: 'onecycle' is no longer a schedule") and "\n" not in message
+    assert "schedule: warmup_cosine and warmup_epochs: a quarter of train.epochs" in message
 
 
 def test_smallest_alexnet_image_size_is_accepted():
@@ -375,6 +385,53 @@ def test_cli_config_that_is_not_utf8_exits_2_naming_it(run_main, tmp_path):
     assert code == 2 and "Traceback" not in err
     assert f"error: config file {latin1} is not UTF-8 text" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bug_keeps_its_traceback_on_the_command_line(run_main, tmp_path, monkeypatch):
+    """Only a PipelineError becomes an `error:` line: anything else is a bug
+    and reaches Python with its traceback (the sweep command used to print
+    any RuntimeError as a user's error)."""
+    import flows.sweep
+
+    def bug(path):
+        raise RuntimeError("a bug in the code")
+
+    monkeypatch.setattr(flows.sweep, "load_yaml", bug)
+    with pytest.raises(RuntimeError, match="a bug in the code"):
+        run_main(["--file", str(tmp_path / "sweep.yaml")], command="sweep")
+
+
+def test_a_sweep_whose_trials_all_failed_is_one_error_line(prefect_storage, tmp_path):
+    """Every trial failing is the user's to look into (here: no such
+    deployment), so it is a PipelineError: one line, no traceback."""
+    from alexnet_pipeline.errors import PipelineError
+    from flows.sweep import sweep
+
+    with pytest.raises(PipelineError, match=r"^all 1 trials failed; see .*sweep\.csv \(first error: ObjectNotFound"):
+        sweep(trials=[{"preset": "smoke"}], out=str(tmp_path / "sweep"), deployment="no-such/deployment")
+
+
+def test_a_trial_that_cannot_start_logs_a_bug_with_its_traceback(monkeypatch, caplog):
+    """The sweep goes on past a trial that could not be started; a missing
+    deployment is logged as one line, a bug with its traceback."""
+    import logging
+
+    from prefect.exceptions import ObjectNotFound
+
+    import tasks.sweep
+
+    logger = logging.getLogger("tests.sweep")
+    monkeypatch.setattr(tasks.sweep, "get_run_logger", lambda: logger)
+    for raised, traceback in ((ObjectNotFound(ValueError("404")), False), (TypeError("a bug"), True)):
+        def start(*args, raised=raised, **kwargs):
+            raise raised
+
+        monkeypatch.setattr(tasks.sweep, "run_deployment", start)
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="tests.sweep"):
+            row = tasks.sweep.run_trial.fn("d/e", 1, {"out": "x"}, None, 1.0, "run", "key")
+        assert row["state"] == "NotStarted" and row["error"].startswith(type(raised).__name__)
+        assert [bool(r.exc_info) for r in caplog.records] == [traceback]
 
 
 def test_cli_wrong_type_is_an_argparse_error(run_main, capsys):

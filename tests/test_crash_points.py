@@ -96,25 +96,25 @@ def test_the_chain_meets_the_points_in_the_order_a_run_does():
 
 
 @pytest.fixture(scope="module")
-def prefect_home(prefect_harness, tmp_path_factory) -> Path:
+def prefect_home(prefect_harness, module_tmp) -> Path:
     """A PREFECT_HOME for this module's runs whose profile points at the test
     harness's server: no temporary server per run (~8 s each), and a killed
     run leaves no orphaned server behind. One result store for the module:
     cache keys include each test's own data and run folders."""
     from prefect.settings import PREFECT_API_URL
 
-    home = tmp_path_factory.mktemp("prefect-home")
+    home = module_tmp("prefect-home")
     (home / "profiles.toml").write_text(
         f'active = "default"\n\n[profiles.default]\nPREFECT_API_URL = "{PREFECT_API_URL.value()}"\n')
     return home
 
 
 @pytest.fixture(scope="module")
-def run_config(cifar_archive_dir, tmp_path_factory) -> Path:
+def run_config(cifar_archive_dir, module_tmp) -> Path:
     """A --config that fetches the small archive from a file:// URL, with its
     real MD5, so each run goes through download and verification."""
     archive = cifar_archive_dir / "cifar-10-python.tar.gz"
-    config = tmp_path_factory.mktemp("config") / "crash.yaml"
+    config = module_tmp("config") / "crash.yaml"
     config.write_text(f"data:\n  url: {archive.as_uri()}\n  md5: {md5_file(archive)}\n")
     return config
 
@@ -156,9 +156,9 @@ class Pipeline:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory, run_config, prefect_home) -> Path:
+def baseline(module_tmp, run_config, prefect_home) -> Path:
     """One uninterrupted run: what every crashed-and-resumed run must match."""
-    pipeline = Pipeline(tmp_path_factory.mktemp("baseline"), run_config, prefect_home)
+    pipeline = Pipeline(module_tmp("baseline"), run_config, prefect_home)
     pipeline.complete()
     # Nothing written outside --out, the data folder (with its cache) and Prefect's home.
     assert sorted(p.name for p in pipeline.root.iterdir()) == ["data", "run"]

@@ -24,8 +24,8 @@ from tests.fixtures import CLASS_NAMES, make_image_folder
 
 
 @pytest.fixture(scope="module")
-def cifar_batches(tmp_path_factory, cifar_archive_dir) -> Path:
-    data_dir = tmp_path_factory.mktemp("cifar-data")
+def cifar_batches(module_tmp, cifar_archive_dir) -> Path:
+    data_dir = module_tmp("cifar-data")
     (data_dir / "cifar-10-python.tar.gz").write_bytes((cifar_archive_dir / "cifar-10-python.tar.gz").read_bytes())
     return ensure_cifar10(data_dir, verify=False, progress=False)
 

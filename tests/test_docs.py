@@ -80,7 +80,7 @@ def test_the_reference_has_every_setting_with_its_flag_default_range_and_descrip
     assert rows["train.epochs"][2:5] == ["integer", "1 to 100,000", "`30`"]
     assert rows["train.lr"][1:5] == ["`--lr`", "number or `null`", "> 0, < 10", "`null`"]
     assert rows["data.verify"][1] == "`--no-verify` (sets `false`)"
-    assert rows["train.schedule"][2] == "`constant`, `warmup_cosine`, `onecycle`"
+    assert rows["train.schedule"][2] == "`constant`, `warmup_cosine`"
 
 
 def test_the_reference_follows_fields_and_sections_it_has_never_seen():

@@ -84,19 +84,19 @@ def test_evaluate_puts_the_model_in_eval_mode():
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, cifar_archive_dir) -> Path:
-    data_dir = tmp_path_factory.mktemp("eval-data")
+def dataset_dir(module_tmp, cifar_archive_dir) -> Path:
+    data_dir = module_tmp("eval-data")
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
     batches = ensure_cifar10(data_dir, verify=False, progress=False)
     return preprocess(DataConfig(data_dir=str(data_dir)), 64, batches, progress=False)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, dataset_dir):
+def checkpoint(module_tmp, dataset_dir):
     """A checkpoint written as training writes it, from a random model."""
     torch.manual_seed(5)
     model = new_alexnet(10).eval()
-    path = tmp_path_factory.mktemp("ckpt") / "alexnet-01.pt"
+    path = module_tmp("ckpt") / "alexnet-01.pt"
     meta = {"class_names": CLASS_NAMES, "num_classes": 10, "image_size": 64, "mean": IMAGENET_MEAN,
             "std": IMAGENET_STD, "config": {}, "seed": 5, "epoch": 1, "dataset_key": read_meta(dataset_dir)["key"]}
     save_epoch_checkpoint(path, model.state_dict(), meta)
@@ -206,11 +206,12 @@ def test_checkpoints_kept_in_memory_stay_within_the_budget():
     kept = RecentCheckpoints(budget_bytes=2048)
     for i in range(3):
         kept.remember(f"sha{i}", ckpt(float(i)))
-    assert kept.get("sha0") is None  # oldest out
-    assert kept.get("sha1")["model"]["w"][0] == 1 and kept.get("sha2")["model"]["w"][0] == 2
+    assert kept.take("sha0") is None  # oldest out
+    assert kept.take("sha1")["model"]["w"][0] == 1
     kept.remember("big", {"model": {"w": torch.zeros(1024)}})  # larger than the whole budget: not kept
-    assert kept.get("big") is None and kept.get("sha2") is not None
-    assert kept.get(None) is None
+    assert kept.take("big") is None and kept.take("sha2")["model"]["w"][0] == 2
+    assert kept.take("sha2") is None  # taken once
+    assert kept.take(None) is None
 
 
 def test_checkpoint_with_wrong_weight_shapes_is_refused(tmp_path, dataset_dir):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -26,10 +25,8 @@ def need(module: str):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    yield trained_image_folder_run(root, CLASSES)
-    shutil.rmtree(root, ignore_errors=True)
+def trained(module_tmp):
+    return trained_image_folder_run(module_tmp("export"), CLASSES)
 
 
 def test_onnx_export_matches_pytorch_on_the_runs_test_images(trained, tmp_path, capsys):

@@ -61,11 +61,11 @@ def storage_settings(path: Path):
 
 
 @pytest.fixture(scope="module")
-def first_run(prefect_harness, tmp_path_factory, cifar_archive_dir):
+def first_run(prefect_harness, module_tmp, cifar_archive_dir):
     """One uninterrupted run of the flow, in-process, with its own result store."""
     from flows.full_run import full_run
 
-    root = tmp_path_factory.mktemp("flow")
+    root = module_tmp("flow")
     data_dir = root / "data"
     data_dir.mkdir()
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)

@@ -25,10 +25,8 @@ CLASSES = ("cat", "dog", "ship")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("predict")
-    yield trained_image_folder_run(root, CLASSES)
-    shutil.rmtree(root, ignore_errors=True)
+def trained(module_tmp):
+    return trained_image_folder_run(module_tmp("predict"), CLASSES)
 
 
 def test_predicting_the_test_folder_reproduces_the_evaluation_image_for_image(trained):

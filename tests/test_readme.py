@@ -166,10 +166,10 @@ def test_no_readme_command_names_a_run_folder_that_only_exists_in_the_readme():
 
 
 @pytest.fixture(scope="module")
-def runs_root(tmp_path_factory, cifar_archive_dir) -> Path:
+def runs_root(module_tmp, cifar_archive_dir) -> Path:
     """A folder holding runs/ with two real run folders of a tiny training,
     the second written last."""
-    root = tmp_path_factory.mktemp("readme")
+    root = module_tmp("readme")
     data_dir = root / "data"
     data_dir.mkdir()
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)

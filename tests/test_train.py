@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shutil
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from alexnet_pipeline.cache import load_arrays, preprocess, read_meta
 from alexnet_pipeline.checkpoint import RESUME_NAME, load_checkpoint, model_from_checkpoint
-from alexnet_pipeline.config import config_from_dict, resolve_config
+from alexnet_pipeline.config import TrainConfig, base_type, config_from_dict, resolve_config
 from alexnet_pipeline.device_data import DeviceDataset
 from alexnet_pipeline.download import ensure_cifar10
 from alexnet_pipeline.errors import ConfigError
@@ -39,8 +40,8 @@ TIMING_FIELDS = {"epoch_seconds", "images_per_s", "checkpoint", "checkpoint_sha2
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory, cifar_archive_dir) -> Path:
-    data_dir = tmp_path_factory.mktemp("train-data")
+def dataset_dir(module_tmp, cifar_archive_dir) -> Path:
+    data_dir = module_tmp("train-data")
     shutil.copy(cifar_archive_dir / "cifar-10-python.tar.gz", data_dir)
     batches = ensure_cifar10(data_dir, verify=False, progress=False)
     cfg = resolve_config("default", overrides={**TRAIN, "data.data_dir": str(data_dir)})
@@ -52,9 +53,9 @@ def make_config(dataset_dir: Path, **extra):
 
 
 @pytest.fixture(scope="module")
-def trained(dataset_dir, tmp_path_factory):
+def trained(dataset_dir, module_tmp):
     """One uninterrupted 2-epoch run (10 images, 2 steps per epoch)."""
-    run_dir = tmp_path_factory.mktemp("trained")
+    run_dir = module_tmp("trained")
     cfg = make_config(dataset_dir)
     history = train_run(cfg, dataset_dir, run_dir, progress=False)
     return cfg, run_dir, history
@@ -145,7 +146,7 @@ def test_resume_state(trained, unfinished):
     assert state["checkpoints"] == {h["epoch"]: h["checkpoint_sha256"] for h in state["history"]} == {
         e: sha256_of(run_dir / "checkpoints" / f"alexnet-{e:02d}.pt") for e in (1, 2)}
     assert [h["epoch"] for h in state["history"]] == [h.epoch for h in history]
-    assert {"optimizer", "scheduler", "rng", "history"} <= set(state)
+    assert {"optimizer", "scheduler", "history"} <= set(state)
     assert len(state["optimizer"]["state"]) > 0  # AdamW moments, needed to resume exactly
 
 
@@ -218,6 +219,21 @@ def linked_copy(src: Path, dst: Path) -> Path:
     by replacing a file (cut, forge), never by changing it in place."""
     shutil.copytree(src, dst, copy_function=os.link)
     return dst
+
+
+def test_a_resume_state_with_the_old_rng_entry_is_still_read(trained, dataset_dir, tmp_path):
+    """resume.pt no longer holds RNG states (never restored: every epoch is
+    reseeded from (seed, epoch)); one written before, with them, still resumes."""
+    cfg, run_dir, history = trained
+    copy = linked_copy(run_dir, tmp_path / "run")
+    path = copy / "checkpoints" / RESUME_NAME
+    state = torch.load(path, weights_only=True)
+    assert "rng" not in state
+    path.unlink()  # a new file: the fixture's is a hard link to it
+    torch.save({**state, "rng": {"torch": torch.get_rng_state(), "cuda": []}}, path)
+    epochs_run = []
+    again = train_run(cfg, dataset_dir, copy, on_epoch_end=lambda s: epochs_run.append(s.epoch), progress=False)
+    assert epochs_run == [] and numbers(again) == numbers(history)
 
 
 def stamps(folder: Path) -> dict[str, tuple[int, int, int]]:
@@ -337,15 +353,24 @@ def test_batch_larger_than_the_dataset(dataset_dir, tmp_path):
 
 
 def test_lr_schedules():
-    assert [lr_factor("constant", s, 10, 3) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 10, 0) for s in (0, 5, 9)] == [1.0, 1.0, 1.0]
+    assert [lr_factor("constant", s, 10, 3) for s in (0, 1, 2, 3, 9)] == [pytest.approx(1 / 3), pytest.approx(2 / 3),
+                                                                        1.0, 1.0, 1.0]
     # Linear warm-up reaching 1 at the end of the warm-up steps, then cosine to 0.
     assert [lr_factor("warmup_cosine", s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
     assert lr_factor("warmup_cosine", 4, 10, 4) == 1.0
     assert lr_factor("warmup_cosine", 7, 10, 4) == pytest.approx(0.5)
     assert lr_factor("warmup_cosine", 10, 10, 4) == pytest.approx(0.0)
     assert lr_factor("warmup_cosine", 0, 10, 0) == 1.0  # no warm-up
-    # One-cycle warms up over a quarter of all steps whatever warmup_steps says.
-    assert lr_factor("onecycle", 0, 8, 0) == 0.5 and lr_factor("onecycle", 1, 8, 0) == 1.0
+
+
+def test_no_schedule_ignores_the_warm_up():
+    """train.warmup_epochs is read by every schedule a config accepts (the
+    constant schedule used to drop it silently)."""
+    schedules = typing.get_args(base_type(TrainConfig.model_fields["schedule"].annotation))
+    assert schedules
+    for schedule in schedules:
+        assert [lr_factor(schedule, s, 10, 4) for s in range(4)] == [0.25, 0.5, 0.75, 1.0], schedule
 
 
 def test_batch_transform_normalises_and_resizes():

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 SCREENSHOT = REPO / "test-artifacts" / "report-artifact.png"
 CHROMIUM = os.environ.get("ALEXNET_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 # Flags that keep Chromium from calling out (this machine refuses) and from
-# needing a sandbox or a GPU (../shared/PREFECT_NOTES.md).
+# needing a sandbox or a GPU (a container without either).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 # Generous: every wait below ends as soon as its condition holds, so a slow,
