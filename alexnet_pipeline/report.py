@@ -216,6 +216,15 @@ def measurements(stage_seconds: dict[str, float], device: str) -> dict:
     }
 
 
+def _start_up_line(start_up: dict[str, float] | None) -> list[str]:
+    """The start-up stage's parts, which overlap (the server boots while the
+    flow's modules are imported): when each was done, not how long it took."""
+    if not start_up:
+        return []
+    steps = ", ".join(f"{step} at {seconds:.1f} s" for step, seconds in start_up.items())  # the command line's own words
+    return [f"Start-up, seconds after the process started: {steps}.", ""]
+
+
 # A result is "near chance" when even its best epoch closes less than this
 # share of the gap between chance and 100%, or lies within this many binomial
 # standard errors of chance (a small test set cannot show more). The smoke
@@ -343,6 +352,7 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "Writing this report is not included (about 1-2 s). " + "; ".join(memory) + ".",
         "",
+        *_start_up_line(measurements.get("start_up")),
         "Training time summed over epochs (all invocations): "
         f"{df['epoch_seconds'].sum():.1f} s, mean {df['images_per_s'].mean():,.0f} images/s.",
         "",

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,8 +85,10 @@ def grace_seconds() -> float:
 
 
 @contextlib.contextmanager
-def prefect_server() -> Iterator[str]:
-    """Yield the API URL the flow will use; watch it while the flow runs."""
+def prefect_server(while_starting: Callable[[], object] | None = None) -> Iterator[str]:
+    """Yield the API URL the flow will use; watch it while the flow runs.
+    `while_starting` (the flow's imports) runs while a temporary server
+    boots, in its own process: the two overlap instead of adding up."""
     from prefect.settings import PREFECT_API_URL
 
     grace = grace_seconds()
@@ -98,8 +100,10 @@ def prefect_server() -> Iterator[str]:
             raise PrefectServerError(
                 f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {problem}. "
                 "Start it, or unset PREFECT_API_URL to use a temporary local server")
+        if while_starting is not None:
+            while_starting()
     else:
-        url, process, log = start_temporary_server()
+        url, process, log = start_temporary_server(while_starting=while_starting)
     previous_env = os.environ.get("PREFECT_API_URL")
     if process is not None:
         _use_api_url(url)
@@ -212,9 +216,11 @@ class TemporaryServer(NamedTuple):
     log: Path  # the server's own output (deleted when the run stops it)
 
 
-def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
+def start_temporary_server(timeout: float | None = None,
+                           while_starting: Callable[[], object] | None = None) -> TemporaryServer:
     """Start Prefect's temporary server (the command Prefect 3's
-    SubprocessASGIServer runs) in its own session.
+    SubprocessASGIServer runs) in its own session; `while_starting` runs
+    once the server's process is started, before waiting for it to answer.
 
     Its output goes to a log file in PREFECT_HOME, not to the run's
     terminal: a server stopped while its services flush (seen on a GPU
@@ -228,10 +234,10 @@ def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
     timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
     settings = get_current_settings()
     with _first_start_alone(settings, timeout):
-        return _start(settings, timeout)
+        return _start(settings, timeout, while_starting)
 
 
-def _start(settings, timeout: float) -> TemporaryServer:
+def _start(settings, timeout: float, while_starting: Callable[[], object] | None = None) -> TemporaryServer:
     import prefect
     from prefect.logging import get_logger
 
@@ -250,6 +256,19 @@ def _start(settings, timeout: float) -> TemporaryServer:
                  "prefect.server.api.server:create_app",
                  "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
                 env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        if while_starting is not None:
+            # A signal meanwhile stops this server too (no run to mark yet).
+            interrupt.set_server(None, process, log)
+            began = time.monotonic()
+            try:
+                while_starting()
+                deadline += time.monotonic() - began  # the server's timeout is its own, not the imports'
+            except BaseException:
+                interrupt.stop_process(process)
+                raise
+            finally:
+                interrupt.set_server(None, None)
+            while_starting = None  # once: a restart on another port does not import again
         while process.poll() is None and probe(url, timeout=2) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         if process.poll() == 3 and _port_was_taken(log) and time.monotonic() < deadline:

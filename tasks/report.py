@@ -86,7 +86,7 @@ def report_run(run_dir: str, history: list[dict], evaluations: list[dict], meta:
     paths = call_cached(
         write_report, still_valid, run_dir=run_dir, history=history, evaluations=evaluations,
         class_names=meta["class_names"], config=config, env=environment(device),
-        measurements=measurements(timer.seconds, device), skipped_files=meta.get("skipped_files", []),
+        measurements={**measurements(timer.seconds, device), "start_up": timer.start_up}, skipped_files=meta.get("skipped_files", []),
     )
     accuracies = [e["accuracy"] for e in evaluations]
     best = max(range(len(accuracies)), key=accuracies.__getitem__)
