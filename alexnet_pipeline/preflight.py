@@ -72,13 +72,16 @@ def cpu_training_warning(cfg: PipelineConfig, train_images: int) -> str | None:
     training step here and how to pick a smaller run; else None."""
     import time
 
+    t = cfg.train
+    if train_images * t.image_size**2 < CPU_ESTIMATE_ABOVE_PIXELS:  # a small run: no torch to import (seconds)
+        return None
+
     import torch
 
     from alexnet_pipeline.device_data import resolve_device
     from alexnet_pipeline.model import new_alexnet
 
-    t = cfg.train
-    if resolve_device(t.device).type != "cpu" or train_images * t.image_size**2 < CPU_ESTIMATE_ABOVE_PIXELS:
+    if resolve_device(t.device).type != "cpu":
         return None
     model, batch = new_alexnet(10), 4
     optimizer = torch.optim.AdamW(model.parameters())

@@ -15,7 +15,7 @@ import tasks
 from alexnet_pipeline.config import RUN_OPTIONS, RunOption, base_type
 from alexnet_pipeline.errors import PipelineError
 from flows.interrupt import RESUME_HINT, exit_on_signals
-from flows.prefect_server import check_result_storage, prefect_server, warn_unsaved_results
+from flows.prefect_server import check_result_storage, prefect_server, start_early, warn_unsaved_results
 
 
 def _argparse_type(option: RunOption) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def start_up_breakdown(started: float) -> dict[str, float]:
 def run_flow_command(launch: Callable[[], dict], summary: Callable[[dict], str], *,
                      before: Callable[[], None] | None = None, hint: str = RESUME_HINT,
                      also_failures: tuple[type[Exception], ...] = (),
-                     while_server_starts: Callable[[], object] | None = None) -> int:
+                     while_server_starts: Callable[[], object] | None = None, start_server_early: bool = False) -> int:
     """Exit code of a command line that runs one flow: `before` checks what
     can be checked before Prefect starts, `launch` runs the flow under the
     temporary server (or PREFECT_API_URL's), `summary` says what it did. A
@@ -76,7 +76,9 @@ def run_flow_command(launch: Callable[[], dict], summary: Callable[[dict], str],
     says how to go on). `while_server_starts` imports the flow's modules
     (torch, ...) while the temporary server boots in its own process; the
     command's module imports only what its checks need, so that --help and
-    a refusal answer at once."""
+    a refusal answer at once. `start_server_early` (a command run as a
+    script): the server starts before Prefect is imported, once the checks
+    have passed (prefect_server.start_early)."""
     tasks.command_line_reports_errors()  # printed once, as the error: line below
     startup_marks.clear()
 
@@ -89,9 +91,15 @@ def run_flow_command(launch: Callable[[], dict], summary: Callable[[dict], str],
         try:
             if before is not None:
                 before()
-            check_result_storage()  # imports Prefect's settings, i.e. Prefect
+            early = start_early() if start_server_early else None
+            try:
+                check_result_storage()  # imports Prefect's settings, i.e. Prefect
+            except BaseException:
+                if early is not None:
+                    early.abandon()
+                raise
             startup_marks["checked"] = time.time()
-            with prefect_server(while_starting=imports):
+            with prefect_server(while_starting=imports, early=early):
                 startup_marks["server ready"] = time.time()
                 result = launch()
         except PipelineError as exc:

@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"(epoch {result['best_epoch']}), final {result['final_test_acc'] * 100:.2f}%\n"
                         f"report: {result['report.md']}"),
         before=check_before_prefect_starts, hint="run the same command again", while_server_starts=_flow_module,
+        start_server_early=__name__ == "__main__",
     )
 
 

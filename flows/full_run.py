@@ -76,16 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         from alexnet_pipeline.preflight import check_inputs, cpu_training_warning  # numpy: not for --help
 
         train_images = check_inputs(cfg)
-        if warning := cpu_training_warning(cfg, train_images):
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
         if cfg.out:  # a default run folder is known only once the data are hashed
             check_not_locked(cfg.run_dir())
+        if warning := cpu_training_warning(cfg, train_images):  # after the refusals: it times a training step
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     return run_flow_command(
         lambda: _flow_module().full_run(preset=preset, config_file=config_file, **settings),
         lambda result: (f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
                         f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"),
         before=check_before_prefect_starts, while_server_starts=_flow_module,
+        start_server_early=__name__ == "__main__",
     )
 
 

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         image_files(args["images"])
 
     return run_flow_command(lambda: _flow_module().predict(**args), _summary, before=check_before_prefect_starts,
-                            hint="run the same command again", while_server_starts=_flow_module)
+                            hint="run the same command again", while_server_starts=_flow_module,
+        start_server_early=__name__ == "__main__")
 
 
 def _flow_module():
