@@ -85,9 +85,18 @@ def main(argv: list[str] | None = None) -> int:
         lambda: _flow_module().full_run(preset=preset, config_file=config_file, **settings),
         lambda result: (f"\nbest test accuracy {result['best_test_acc'] * 100:.2f}% (epoch {result['best_epoch']}), "
                         f"final {result['final_test_acc'] * 100:.2f}%\nreport: {Path(result['report.md'])}"),
-        before=check_before_prefect_starts, while_server_starts=_flow_module,
+        before=check_before_prefect_starts, while_server_starts=_import_while_server_starts,
         start_server_early=__name__ == "__main__",
     )
+
+
+def _import_while_server_starts() -> None:
+    """What the run imports anyway, while the temporary server boots in its
+    own process: the flow's module and torch, which reading the run
+    folder's checkpoints needs (training, or the lock's check of what a
+    finished run's folder holds)."""
+    _flow_module()
+    import torch  # noqa: F401
 
 
 def _flow_module():

@@ -42,10 +42,10 @@ def test_a_stage_key_follows_its_version_not_the_library_source(tmp_path):
     report.write_text(report.read_text() + "\n# an edited comment\n")
     assert evaluation_key(code, checkpoint) == before
 
-    evaluate = code / "alexnet_pipeline" / "evaluate.py"
-    text = evaluate.read_text()
+    versions = code / "alexnet_pipeline" / "versions.py"
+    text = versions.read_text()
     assert "\nEVALUATE_VERSION = 1\n" in text
-    evaluate.write_text(text.replace("\nEVALUATE_VERSION = 1\n", "\nEVALUATE_VERSION = 2\n"))
+    versions.write_text(text.replace("\nEVALUATE_VERSION = 1\n", "\nEVALUATE_VERSION = 2\n"))
     bumped = evaluation_key(code, checkpoint)
     assert bumped != before
 
