@@ -63,3 +63,57 @@ def test_a_foreign_out_folder_is_refused_before_anything_heavy(tmp_path, cifar_d
     assert "error: " in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert not packages & HEAVY, sorted(packages & HEAVY)
     assert [p.name for p in foreign.iterdir()] == ["holiday.jpg"]
+
+
+def servers_of(pid: int) -> list[int]:
+    """Temporary servers started for process `pid` (their launcher is given its pid)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"prefect.server.api.server:create_app" in argv and str(pid).encode() in argv:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_signal_while_the_early_server_boots_stops_the_run_and_its_server(tmp_path, cifar_data_dir):
+    """The temporary server starts before Prefect is imported: SIGTERM during
+    those imports ends the run as a signal always does (exit 143, one line,
+    no traceback), and the server it had started is stopped, its log deleted."""
+    import signal
+    import time
+
+    from tests.test_stopping import ARGS
+
+    home = tmp_path / ".prefect"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(home)}
+    for harness_var in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL"):
+        env.pop(harness_var, None)
+    err = tmp_path / "stderr.txt"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen([sys.executable, str(REPO / "flows" / "full_run.py"), *ARGS, "--epochs", "1",
+                                 "--data-dir", str(cifar_data_dir), "--out", str(tmp_path / "run")],
+                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+                                start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not servers_of(proc.pid):
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+            time.sleep(0.05)
+        assert "Started a temporary Prefect server" not in err.read_text()  # still booting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 143, err.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = err.read_text()
+    assert [line for line in text.splitlines() if line.startswith("interrupted:")], text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    deadline = time.monotonic() + 30
+    while servers_of(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not servers_of(proc.pid)
+    assert not list(home.glob("temporary-server-*.log"))
