@@ -11,18 +11,21 @@ from alexnet_pipeline.config import PipelineConfig, TrainConfig
 from alexnet_pipeline.data import ImageFolderSource, balanced_subset
 from alexnet_pipeline.download import check_cifar10_reachable
 from alexnet_pipeline.errors import ConfigError
-from alexnet_pipeline.model import build_alexnet, check_imagenet_weights_reachable
 
 
 def check_inputs(cfg: PipelineConfig) -> int:
     """Raise what is wrong with the inputs; return the number of training
     images a run will use."""
+    # alexnet_pipeline.model imports torch (seconds): only for the checks of
+    # weights, so that other refusals and --weights none do not wait for it.
     weights = cfg.model.weights
     if weights not in ("imagenet", "none"):
         # A second to load now rather than after download and preprocessing:
         # refuses a missing file, a FIFO or a folder, a file that is not a
         # state_dict, has other shapes or dtypes, holds NaN, or would run
         # code when unpickled.
+        from alexnet_pipeline.model import build_alexnet
+
         build_alexnet(2, weights)
     if cfg.data.dataset == "cifar10":
         check_crop_padding(cfg.train, 32)
@@ -39,6 +42,8 @@ def check_inputs(cfg: PipelineConfig) -> int:
                 f"in {source.root / 'train'}; use a smaller --batch-size"
             )
     if weights == "imagenet":
+        from alexnet_pipeline.model import check_imagenet_weights_reachable
+
         check_imagenet_weights_reachable()
     return count
 
@@ -67,13 +72,16 @@ def cpu_training_warning(cfg: PipelineConfig, train_images: int) -> str | None:
     training step here and how to pick a smaller run; else None."""
     import time
 
+    t = cfg.train
+    if train_images * t.image_size**2 < CPU_ESTIMATE_ABOVE_PIXELS:  # a small run: no torch to import (seconds)
+        return None
+
     import torch
 
     from alexnet_pipeline.device_data import resolve_device
     from alexnet_pipeline.model import new_alexnet
 
-    t = cfg.train
-    if resolve_device(t.device).type != "cpu" or train_images * t.image_size**2 < CPU_ESTIMATE_ABOVE_PIXELS:
+    if resolve_device(t.device).type != "cpu":
         return None
     model, batch = new_alexnet(10), 4
     optimizer = torch.optim.AdamW(model.parameters())

@@ -195,6 +195,8 @@ def confusion_figure(confusion: list[list[int]], class_names: list[str], title: 
 
 
 def device_name(device: str) -> str:
+    if device == "cpu":  # no torch to import (seconds) for a re-run whose stages are all cached
+        return "cpu"
     import torch
 
     from alexnet_pipeline.device_data import resolve_device
@@ -205,11 +207,9 @@ def device_name(device: str) -> str:
 
 def environment(device: str) -> dict:
     """Where the numbers were measured: device, torch and Python versions, host."""
-    import torch
-
     return {
         "device": device_name(device),
-        "torch": torch.__version__,
+        "torch": torch_version(),
         "python": platform.python_version(),
         "host": platform.node(),
     }
@@ -219,17 +219,48 @@ def measurements(stage_seconds: dict[str, float], device: str) -> dict:
     """Seconds per stage plus this process's peak host and GPU memory."""
     import resource
 
-    import torch
-
-    from alexnet_pipeline.device_data import resolve_device
-
-    gpu = resolve_device(device).type == "cuda"
+    gpu = device != "cpu" and device_name(device) != "cpu"  # torch only where a GPU may be in use
+    if gpu:
+        import torch
     return {
         "stage_seconds": stage_seconds,
         # ru_maxrss is in KiB on Linux.
         "peak_host_memory_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 2),
         "peak_gpu_memory_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2) if gpu else None,
     }
+
+
+def torch_version() -> str:
+    """torch.__version__ (2.14.1+cu130, say), read from the torch/version.py
+    that torch's build writes, without importing torch: seconds that a
+    re-run whose stages are all cached does not need."""
+    import importlib.util
+    import re
+    import sys
+    from pathlib import Path
+
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        try:
+            found = re.search(r"^__version__ = '([^']+)'$", (Path(folder) / "version.py").read_text(), re.MULTILINE)
+        except OSError:
+            continue
+        if found:
+            return found.group(1)
+    import torch
+
+    return torch.__version__
+
+
+def _start_up_line(start_up: dict[str, float] | None) -> list[str]:
+    """The start-up stage's parts, which overlap (the server boots while the
+    flow's modules are imported): when each was done, not how long it took."""
+    if not start_up:
+        return []
+    steps = ", ".join(f"{step} at {seconds:.1f} s" for step, seconds in start_up.items())  # the command line's own words
+    return [f"Start-up, seconds after the process started: {steps}.", ""]
 
 
 # A result is "near chance" when even its best epoch closes less than this
@@ -390,6 +421,7 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "Writing this report is not included (about 1-2 s). " + "; ".join(memory) + ".",
         "",
+        *_start_up_line(measurements.get("start_up")),
         "Training time summed over epochs (all invocations): "
         f"{df['epoch_seconds'].sum():.1f} s, mean {df['images_per_s'].mean():,.0f} images/s.",
         "",

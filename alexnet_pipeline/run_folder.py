@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state
 from alexnet_pipeline.errors import CheckpointError
 from alexnet_pipeline.integrity import intact
 from alexnet_pipeline.record import RunRecord
@@ -34,6 +33,10 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
     if not run_dir.is_dir():
         raise CheckpointError(f"run folder {run_dir} does not exist; give the folder of a run "
                               "(runs/<name>, or the --out it was trained with)")
+    # Imported here: alexnet_pipeline.checkpoint imports torch (seconds), which
+    # a command's refusal of a missing folder does not wait for.
+    from alexnet_pipeline.checkpoint import checkpoint_epoch, list_checkpoints, load_resume_state
+
     checkpoint_dir = run_dir / "checkpoints"
     found = list_checkpoints(checkpoint_dir)
     record = RunRecord.load(run_dir)
@@ -76,6 +79,8 @@ def run_checkpoints(run_dir: str | Path) -> list[Path]:
 def latest_run_dir(root: str | Path) -> Path:
     """The folder under `root` (searched two levels deep, so sweep trials count)
     whose newest checkpoint was written last."""
+    from alexnet_pipeline.checkpoint import list_checkpoints  # torch: see run_checkpoints
+
     root = Path(root)
     newest: tuple[float, Path] | None = None
     for checkpoint_dir in [*root.glob("*/checkpoints"), *root.glob("*/*/checkpoints")]:

@@ -9,6 +9,9 @@ import time
 class StageTimer:
     def __init__(self):
         self.seconds: dict[str, float] = {}
+        # Seconds after the process started at which its start-up reached
+        # each step (the command line fills it): the "start-up" stage's parts.
+        self.start_up: dict[str, float] = {}
 
     @contextlib.contextmanager
     def stage(self, name: str):

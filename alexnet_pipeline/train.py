@@ -42,12 +42,9 @@ from alexnet_pipeline.record import RECORD_NAME, TRAIN_FIELDS, RunRecord
 from alexnet_pipeline.retention import EpochBook, remove_stale_checkpoints
 from alexnet_pipeline.resume import restore_last_epoch
 from alexnet_pipeline.transforms import Augmentation, BatchTransform
+from alexnet_pipeline.versions import TRAIN_VERSION  # noqa: F401 - the task's cache key; bump it there
 
 log = logging.getLogger(__name__)
-
-# Part of the fine-tune task's cache key: bump when a change to training
-# (here or in transforms.py, device_data.py, model.py) changes its results.
-TRAIN_VERSION = 3
 
 # Steps between progress-bar updates: each one costs a host-device sync.
 SYNC_EVERY = 25

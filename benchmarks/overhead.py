@@ -4,6 +4,7 @@ timed from outside, as a user's shell would, on a generated image folder.
 
     python benchmarks/overhead.py            # 20,000 images, a 30-epoch tiny run (about 10 min on 2 CPUs)
     python benchmarks/overhead.py --quick    # 300 images, 1 epoch, one shared server (CI: checks that it runs)
+    python benchmarks/overhead.py --start-up # start-up beside the floor: --help, a refusal, a cached re-run (2-3 min)
 
 Measured, in order, all with one PREFECT_HOME (one result store), each
 command in a fresh process with Prefect's temporary server:
@@ -18,6 +19,11 @@ command in a fresh process with Prefect's temporary server:
   trials       --trials runs of one epoch with seeds 1..N in one process (what
                a sweep's trials pay each inside a worker), overhead per trial =
                the call's wall time minus its training and evaluation stages
+--start-up measures, in one run: the floor; `--help` of every command and a
+config refusal (--epochs 0), both wall time from outside; a tiny CPU run
+(the tests' generated CIFAR-10 archive, 10 images at 64x64, --epochs E)
+and the same command again, all cached, with ratios against the floor; and
+the first run's start-up breakdown from its report.md.
 Prints a table, then one JSON line.
 """
 
@@ -86,8 +92,9 @@ class Runner:
         self.env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(work / "prefect-home"),
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "ALEXNET_PIPELINE_RUNS_ROOT": str(work / "runs")}
 
-    def wall(self, argv: list[str], until: str | None = None) -> tuple[float, float | None, str]:
-        """(seconds to exit, seconds until a line containing `until` appeared, output)."""
+    def wall(self, argv: list[str], until: str | None = None, status: int = 0) -> tuple[float, float | None, str]:
+        """(seconds to exit, seconds until a line containing `until` appeared, output);
+        the command must exit with `status`."""
         started = time.perf_counter()
         proc = subprocess.Popen(argv, cwd=self.work, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace")
@@ -98,8 +105,8 @@ class Runner:
                 seen_at = time.perf_counter() - started
         rc = proc.wait()
         output = "".join(lines)
-        if rc != 0:
-            raise SystemExit(f"{' '.join(argv)} failed ({rc}):\n{output[-3000:]}")
+        if rc != status:
+            raise SystemExit(f"{' '.join(argv)} exited with {rc}, not {status}:\n{output[-3000:]}")
         return time.perf_counter() - started, seen_at, output
 
 
@@ -130,7 +137,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true",
                    help="300 images, 1 epoch, 2 trials, one Prefect server for all commands (CI: mechanics only)")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder, removed)")
+    p.add_argument("--start-up", action="store_true",
+                   help="only start-up: the floor, --help, a refusal and a tiny run's cached re-run (--epochs, default 3)")
     args = p.parse_args(argv)
+    if args.start_up and "--epochs" not in (argv if argv is not None else sys.argv[1:]):
+        args.epochs = 3  # each epoch's checkpoints are 0.7 GB
     if args.quick:
         args.images, args.epochs, args.trials = 300, 1, 2
 
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> dict:
 
 def measure(work: Path, args) -> dict:
     runner = Runner(work)
+    if args.start_up:
+        return measure_start_up(work, args, runner)
     if not args.quick:
         return _measure(work, args, runner)
     # --quick checks the mechanics (CI), its numbers mean nothing: one server
@@ -240,6 +253,69 @@ def _measure(work: Path, args, runner: Runner) -> dict:
     print(f"\n{args.images:,} generated images ({generate_s:.0f} s to make), torch run on the CPU, one run each")
     for what, value in rows:
         print(f"{what:70} {value}")
+    print(json.dumps(result))
+    return result
+
+
+COMMANDS = ("full_run", "evaluate", "sweep", "predict", "export")
+
+
+def report_start_up(run_dir: Path) -> str:
+    """The report's start-up breakdown line, without its heading words."""
+    for line in (run_dir / "report.md").read_text().splitlines():
+        if line.startswith("Start-up, seconds after the process started: "):
+            return line.split(": ", 1)[1].rstrip(".")
+    return "n/a"
+
+
+def measure_start_up(work: Path, args, runner: Runner) -> dict:
+    sys.path.insert(0, str(REPO))
+    from tests.fixtures import make_cifar_archive
+
+    data = work / "data"
+    data.mkdir(exist_ok=True)
+    make_cifar_archive(data)
+    python = sys.executable
+    floor_script = work / "floor.py"
+    floor_script.write_text(FLOOR_SCRIPT)
+    runner.wall([python, str(floor_script)])  # fills the cache
+    helps = {command: runner.wall([python, str(REPO / "flows" / f"{command}.py"), "--help"])[0] for command in COMMANDS}
+    full_run = [python, str(REPO / "flows" / "full_run.py")]
+    refusal_s, _, refusal_out = runner.wall([*full_run, "--epochs", "0"], status=2)
+    assert "error: train.epochs" in refusal_out, refusal_out
+    # tests/test_stopping.py's ARGS: 2 steps of 5 images per epoch.
+    run_args = ["--dataset", "cifar10", "--no-verify", "--weights", "none", "--batch-size", "5", "--subset", "10",
+                "--image-size", "64", "--device", "cpu", "--seed", "3", "--data-dir", str(data),
+                "--epochs", str(args.epochs), "--out", str(work / "runs" / "tiny")]
+    first_s, _, _ = runner.wall([*full_run, *run_args])
+    breakdown = report_start_up(work / "runs" / "tiny")
+    # The floor and the re-run one after the other: the same moment, the same load.
+    floor_s, _, _ = runner.wall([python, str(floor_script)])
+    cached_s, _, cached_out = runner.wall([*full_run, *run_args])
+    if "Cached" not in cached_out:
+        raise SystemExit("the re-run showed no cache hit:\n" + cached_out[-3000:])
+    load = os.getloadavg()
+    result = {
+        "floor_s": round(floor_s, 2),
+        "help_s": {command: round(seconds, 2) for command, seconds in helps.items()},
+        "config_error_s": round(refusal_s, 2),
+        "first_run_s": round(first_s, 1), "epochs": args.epochs,
+        "cached_rerun_s": round(cached_s, 2),
+        "cached_over_floor": round(cached_s / floor_s, 2),
+        "first_run_start_up": breakdown,
+        "load_average_1_5_15": [round(x, 2) for x in load],
+    }
+    rows = [("trivial flow, one cached task (the floor)", f"{floor_s:.2f} s"),
+            *((f"python flows/{command}.py --help", f"{seconds:.2f} s ({seconds / floor_s:.2f}x the floor)")
+              for command, seconds in helps.items()),
+            ("a config refusal (full_run.py --epochs 0)", f"{refusal_s:.2f} s ({refusal_s / floor_s:.2f}x the floor)"),
+            (f"first run, {args.epochs} epochs, 10 CIFAR-10 images at 64x64", f"{first_s:.1f} s"),
+            ("the same command again (all cached)", f"{cached_s:.2f} s ({cached_s / floor_s:.2f}x the floor)")]
+    print(f"\nstart-up, torch on the CPU, one run each; load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} "
+          f"on {os.cpu_count()} CPUs at the end")
+    for what, value in rows:
+        print(f"{what:70} {value}")
+    print(f"first run's start-up (report.md): {breakdown}")
     print(json.dumps(result))
     return result
 

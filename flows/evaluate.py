@@ -22,40 +22,14 @@ if __name__ == "__main__":  # a signal during the imports below (seconds) ends t
 
 import argparse  # noqa: E402
 import copy
+import importlib
 import sys
 from functools import partial
 from pathlib import Path
 
-import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
-from prefect import flow, unmapped
-from prefect.task_runners import ThreadPoolTaskRunner
-
-from alexnet_pipeline.cache import read_meta
-from alexnet_pipeline.config import RUN_OPTIONS, Text, config_from_dict, runs_root
-from alexnet_pipeline.download import check_cifar10_reachable
-from alexnet_pipeline.errors import CheckpointError, ConfigError, DataError
-from alexnet_pipeline.integrity import sha256_file
-from alexnet_pipeline.lock import run_folder_lock
-from alexnet_pipeline.ownership import RunIdentity
-from alexnet_pipeline.record import RunRecord, row_of, select_epoch, uses_validation
-from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints
-from alexnet_pipeline.timing import StageTimer
-from flows.command_line import add_run_flags, describe_parameters, run_flow_command
-from flows.interrupt import keep_signals_in_flow
-from tasks import preprocess, report
-from tasks.checkpoint_info import describe_checkpoint
-from tasks.evaluate import evaluate_checkpoint_task
-
-
-def local_config(config: dict, data_dir: str | None, cache_dir: str | None, device: str | None) -> dict:
-    """The training config, with where the data is and which device to use
-    on this machine (none of which changes the results)."""
-    local = copy.deepcopy(config)
-    for section, key, value in (("data", "data_dir", data_dir), ("data", "cache_dir", cache_dir), ("train", "device", device)):
-        if value is not None:
-            local[section][key] = value
-    return local
-
+# Light imports only above the flow below: --help and a refusal answer at once.
+from alexnet_pipeline.config import RUN_OPTIONS
+from flows.command_line import add_run_flags, run_flow_command
 
 # Where the data is and which device to use on this machine: the run
 # settings of the same names, their types (so Prefect checks them) and these words.
@@ -66,6 +40,74 @@ LOCAL_HELP = {
     "device": "device to evaluate on (default: the one the run trained with)",
 }
 DataDir, CacheDir, Device = (RUN_OPTIONS[name].value_type for name in ("data_dir", "cache_dir", "device"))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", nargs="?", help=LOCAL_HELP["run_dir"])
+    add_run_flags(p, ["data_dir", "cache_dir", "device"], help=LOCAL_HELP)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+
+    def check_before_prefect_starts() -> None:
+        from alexnet_pipeline.run_folder import run_checkpoints
+
+        if args["run_dir"]:  # a wrong folder is reported before Prefect starts
+            run_checkpoints(args["run_dir"])
+
+    return run_flow_command(
+        lambda: _flow_module().evaluate_latest(**args),
+        lambda result: (f"\n{result['evaluated']} checkpoints evaluated, {result['epochs']} epochs reported: "
+                        f"{result['headline']}\nreport: {result['report.md']}"),
+        before=check_before_prefect_starts, hint="run the same command again", while_server_starts=_flow_module,
+        start_server_early=__name__ == "__main__",
+    )
+
+
+def _flow_module():
+    """This file with its flow: run as a script, it is __main__ and stops
+    before the flow's imports (torch, Prefect); importing it by name runs it
+    once more, whole."""
+    return importlib.import_module("flows.evaluate")
+
+
+# Run as a script, this file stops here: main() imports the flow below only
+# once the checks have passed, and while the temporary server starts.
+if __name__ == "__main__":
+    sys.exit(main())
+
+import tasks  # noqa: E402, F401 - first: sets Prefect's environment defaults before prefect is imported
+from prefect import flow, unmapped  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from alexnet_pipeline.cache import read_meta  # noqa: E402
+from alexnet_pipeline.config import Text, config_from_dict, runs_root  # noqa: E402
+from alexnet_pipeline.download import check_cifar10_reachable  # noqa: E402
+from alexnet_pipeline.errors import CheckpointError, ConfigError, DataError  # noqa: E402
+from alexnet_pipeline.integrity import sha256_file  # noqa: E402
+from alexnet_pipeline.lock import run_folder_lock  # noqa: E402
+from alexnet_pipeline.ownership import RunIdentity  # noqa: E402
+from alexnet_pipeline.record import RunRecord, row_of, select_epoch, uses_validation  # noqa: E402
+from alexnet_pipeline.run_folder import latest_run_dir, run_checkpoints  # noqa: E402
+from alexnet_pipeline.timing import StageTimer  # noqa: E402
+from flows.command_line import describe_parameters  # noqa: E402
+from flows.interrupt import keep_signals_in_flow  # noqa: E402
+from tasks import preprocess, report  # noqa: E402
+from tasks.checkpoint_info import describe_checkpoint  # noqa: E402
+from tasks.evaluate import evaluate_checkpoint_task  # noqa: E402
+
+
+def local_config(config: dict, data_dir: str | None, cache_dir: str | None, device: str | None) -> dict:
+    """The training config, with where the data is and which device to use
+    on this machine (none of which changes the results)."""
+    local = copy.deepcopy(config)
+    for section, key, value in (("data", "data_dir", data_dir), ("data", "cache_dir", cache_dir), ("train", "device", device)):
+        if value is not None:
+            local[section][key] = value
+    return local
 
 
 @flow(name="evaluate-latest", persist_result=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
@@ -150,29 +192,3 @@ def check_recorded_data_folder(cfg, run_path: Path) -> None:
             f"if the data moved, pass its new folder (python flows/evaluate.py {run_path} --data-dir NEW_FOLDER). "
             f"Downloading it again there failed too: {exc}"
         ) from None
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help=LOCAL_HELP["run_dir"])
-    add_run_flags(p, ["data_dir", "cache_dir", "device"], help=LOCAL_HELP)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = vars(parse_args(argv))
-
-    def check_before_prefect_starts() -> None:
-        if args["run_dir"]:  # a wrong folder is reported before Prefect starts
-            run_checkpoints(args["run_dir"])
-
-    return run_flow_command(
-        lambda: evaluate_latest(**args),
-        lambda result: (f"\n{result['evaluated']} checkpoints evaluated, {result['epochs']} epochs reported: "
-                        f"{result['headline']}\nreport: {result['report.md']}"),
-        before=check_before_prefect_starts, hint="run the same command again",
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

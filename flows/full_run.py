@@ -22,25 +22,16 @@ if __name__ == "__main__":  # a signal during the imports below (seconds) ends t
     install()
 
 import argparse  # noqa: E402
-import inspect
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
-from prefect import flow
-
-from alexnet_pipeline.cache import read_meta
-from alexnet_pipeline.config import RUN_OPTIONS, PipelineConfig, Text, preset_names, resolve_run
-from alexnet_pipeline.lock import check_not_locked, run_folder_lock
-from alexnet_pipeline.ownership import RunIdentity
-from alexnet_pipeline.preflight import check_inputs, cpu_training_warning
-from alexnet_pipeline.timing import StageTimer
-from flows.command_line import add_run_flags, describe_parameters, run_flow_command
-from flows.interrupt import keep_signals_in_flow
-from tasks import preprocess, report, train
-from tasks.caching import call_cached
+# Light imports only above the flow below (no torch, Prefect, pandas or
+# matplotlib): `--help` and every refusal that needs no data answer in under a second.
+from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_run
+from alexnet_pipeline.lock import check_not_locked
+from flows.command_line import add_run_flags, run_flow_command
 
 PRESET_HELP = "recipe to start from, a file in alexnet_pipeline/presets/"
 CONFIG_FILE_HELP = "YAML file with data/model/train sections"
@@ -64,6 +55,81 @@ def config_for(preset: str, config_file: str | None, **settings: Any) -> Pipelin
         _resolved.clear()  # one entry: the command's
         _resolved[key] = resolve_run(preset, config_file, **settings)
     return _resolved[key]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="default", choices=preset_names(), help=f"{PRESET_HELP} (default: default)")
+    p.add_argument("--config", dest="config_file", metavar="FILE", help=CONFIG_FILE_HELP)
+    add_run_flags(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    preset, config_file = args.pop("preset"), args.pop("config_file")
+    settings = {k: v for k, v in args.items() if v is not None}
+
+    def check_before_prefect_starts() -> None:
+        # Everything that can be checked cheaply is checked before Prefect starts.
+        cfg = config_for(preset, config_file, **settings)
+        from alexnet_pipeline.preflight import check_inputs, cpu_training_warning  # numpy: not for --help
+
+        train_images = check_inputs(cfg)
+        if cfg.out:  # a default run folder is known only once the data are hashed
+            check_not_locked(cfg.run_dir())
+        if warning := cpu_training_warning(cfg, train_images):  # after the refusals: it times a training step
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
+
+    return run_flow_command(
+        lambda: _flow_module().full_run(preset=preset, config_file=config_file, **settings),
+        lambda result: f"\n{result['headline']}\nreport: {Path(result['report.md'])}",
+        before=check_before_prefect_starts, while_server_starts=_import_while_server_starts,
+        start_server_early=__name__ == "__main__",
+    )
+
+
+def _import_while_server_starts() -> None:
+    """What the run imports anyway, while the temporary server boots in its
+    own process: the flow's module and torch, which reading the run
+    folder's checkpoints needs (training, or the lock's check of what a
+    finished run's folder holds)."""
+    _flow_module()
+    import torch  # noqa: F401
+
+
+def _flow_module():
+    """This file with its flow. Run as a script, this file is __main__ and
+    stops before the flow's imports (torch, Prefect: seconds); importing it
+    by name runs it once more as flows.full_run, which is handed what this
+    copy knows: when the process started and the config already checked."""
+    import flows.full_run as module
+
+    if module is not sys.modules[__name__]:
+        module._PROCESS_STARTED = _PROCESS_STARTED
+        module._resolved.update(_resolved)
+    return module
+
+
+# Run as a script, this file stops here: main() imports the flow below only
+# once the checks have passed, and while the temporary server starts.
+if __name__ == "__main__":
+    sys.exit(main())
+
+import inspect  # noqa: E402
+
+import tasks  # noqa: E402, F401 - first: sets Prefect's environment defaults before prefect is imported
+from prefect import flow  # noqa: E402
+
+from alexnet_pipeline.cache import read_meta  # noqa: E402
+from alexnet_pipeline.config import RUN_OPTIONS, Text  # noqa: E402
+from alexnet_pipeline.lock import run_folder_lock  # noqa: E402
+from alexnet_pipeline.ownership import RunIdentity  # noqa: E402
+from alexnet_pipeline.timing import StageTimer  # noqa: E402
+from flows.command_line import describe_parameters, start_up_breakdown  # noqa: E402
+from flows.interrupt import keep_signals_in_flow  # noqa: E402
+from tasks import preprocess, report, train  # noqa: E402
+from tasks.caching import call_cached  # noqa: E402
 
 
 def _run_settings_as_parameters(fn):
@@ -97,6 +163,7 @@ def full_run(*, preset: str = "default", config_file: str | None = None, **setti
     global _PROCESS_STARTED
     if _PROCESS_STARTED is not None:  # only the process's first flow run paid for start-up
         timer.seconds["start-up"] = round(time.time() - _PROCESS_STARTED, 3)
+        timer.start_up = start_up_breakdown(_PROCESS_STARTED)
         _PROCESS_STARTED = None
     dataset_dir = preprocess.prepared_dataset(cfg, timer)
     meta = read_meta(dataset_dir)
@@ -112,36 +179,3 @@ def full_run(*, preset: str = "default", config_file: str | None = None, **setti
             summary = call_cached(train.fine_tune, train.still_valid, config=cfg, dataset_dir=dataset_dir,
                                   run_dir=run_dir, config_fingerprint=cfg.fingerprint())
         return report.report_run(run_dir, summary, meta, cfg.to_dict(), cfg.train.device, timer)
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="default", choices=preset_names(), help=f"{PRESET_HELP} (default: default)")
-    p.add_argument("--config", dest="config_file", metavar="FILE", help=CONFIG_FILE_HELP)
-    add_run_flags(p)
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = vars(parse_args(argv))
-    preset, config_file = args.pop("preset"), args.pop("config_file")
-    settings = {k: v for k, v in args.items() if v is not None}
-
-    def check_before_prefect_starts() -> None:
-        # Everything that can be checked cheaply is checked before Prefect starts.
-        cfg = config_for(preset, config_file, **settings)
-        train_images = check_inputs(cfg)
-        if warning := cpu_training_warning(cfg, train_images):
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
-        if cfg.out:  # a default run folder is known only once the data are hashed
-            check_not_locked(cfg.run_dir())
-
-    return run_flow_command(
-        lambda: full_run(preset=preset, config_file=config_file, **settings),
-        lambda result: f"\n{result['headline']}\nreport: {Path(result['report.md'])}",
-        before=check_before_prefect_starts,
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

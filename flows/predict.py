@@ -20,21 +20,14 @@ if __name__ == "__main__":  # a signal during the imports below (seconds) ends t
     install("run the same command again")
 
 import argparse  # noqa: E402
+import importlib
 import sys
 from functools import partial
 from typing import Annotated
 
-import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
-from prefect import flow
-from pydantic import Field
-
-from alexnet_pipeline.config import RUN_OPTIONS, Text, runs_root
-from alexnet_pipeline.predict import DEFAULT_TOP_K, image_files
-from alexnet_pipeline.run_folder import latest_run_dir
-from alexnet_pipeline.selection import resolve_model
-from flows.command_line import describe_parameters, run_flow_command
-from flows.interrupt import keep_signals_in_flow
-from tasks.predict import predict_task
+# Light imports only above the flow below: --help and a refusal answer at once.
+from alexnet_pipeline.predict import DEFAULT_TOP_K
+from flows.command_line import run_flow_command
 
 HELP = {
     "model": "run folder (its selected checkpoint) or checkpoint file; default: the newest run under "
@@ -47,28 +40,6 @@ HELP = {
     "device": "auto: a CUDA GPU when there is one",
     "decode_workers": "threads decoding images (default: one per CPU)",
 }
-Device = RUN_OPTIONS["device"].value_type
-Positive = Annotated[int, Field(ge=1)]
-
-
-@flow(name="predict", persist_result=True)
-@partial(describe_parameters, descriptions=HELP)
-def predict(
-    images: list[Text],
-    model: Text | None = None,
-    out: Text = "predictions.csv",
-    epoch: Positive | None = None,
-    top_k: Positive = DEFAULT_TOP_K,
-    batch_size: Positive | None = None,
-    device: Device = "auto",
-    decode_workers: Positive | None = None,
-) -> dict:
-    """Classify `images` with `model`'s checkpoint and write `out`; returns
-    how many were classified and where the CSV is."""
-    keep_signals_in_flow()
-    checkpoint = resolve_model(model if model else latest_run_dir(runs_root()), epoch)
-    files = [str(p) for p in image_files(images)]
-    return predict_task(str(checkpoint), files, out, top_k, batch_size, device, decode_workers)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def check_before_prefect_starts() -> None:
         from alexnet_pipeline.errors import ConfigError
+        from alexnet_pipeline.selection import resolve_model  # torch: reads the checkpoint
 
         for name in ("epoch", "top_k", "batch_size", "decode_workers"):
             if args[name] is not None and args[name] < 1:
@@ -109,9 +81,54 @@ def main(argv: list[str] | None = None) -> int:
         args["model"], args["epoch"] = str(resolve_model(args["model"], args["epoch"])), None
         image_files(args["images"])
 
-    return run_flow_command(lambda: predict(**args), _summary, before=check_before_prefect_starts,
-                            hint="run the same command again")
+    return run_flow_command(lambda: _flow_module().predict(**args), _summary, before=check_before_prefect_starts,
+                            hint="run the same command again", while_server_starts=_flow_module,
+        start_server_early=__name__ == "__main__")
 
 
+def _flow_module():
+    """This file with its flow: run as a script, it is __main__ and stops
+    before the flow's imports (torch, Prefect); importing it by name runs it
+    once more, whole."""
+    return importlib.import_module("flows.predict")
+
+
+# Run as a script, this file stops here: main() imports the flow below only
+# once the checks have passed, and while the temporary server starts.
 if __name__ == "__main__":
     sys.exit(main())
+
+import tasks  # noqa: E402, F401 - first: sets Prefect's environment defaults before prefect is imported
+from prefect import flow  # noqa: E402
+from pydantic import Field  # noqa: E402
+
+from alexnet_pipeline.config import RUN_OPTIONS, Text, runs_root  # noqa: E402
+from alexnet_pipeline.predict import image_files  # noqa: E402
+from alexnet_pipeline.run_folder import latest_run_dir  # noqa: E402
+from alexnet_pipeline.selection import resolve_model  # noqa: E402
+from flows.command_line import describe_parameters  # noqa: E402
+from flows.interrupt import keep_signals_in_flow  # noqa: E402
+from tasks.predict import predict_task  # noqa: E402
+
+Device = RUN_OPTIONS["device"].value_type
+Positive = Annotated[int, Field(ge=1)]
+
+
+@flow(name="predict", persist_result=True)
+@partial(describe_parameters, descriptions=HELP)
+def predict(
+    images: list[Text],
+    model: Text | None = None,
+    out: Text = "predictions.csv",
+    epoch: Positive | None = None,
+    top_k: Positive = DEFAULT_TOP_K,
+    batch_size: Positive | None = None,
+    device: Device = "auto",
+    decode_workers: Positive | None = None,
+) -> dict:
+    """Classify `images` with `model`'s checkpoint and write `out`; returns
+    how many were classified and where the CSV is."""
+    keep_signals_in_flow()
+    checkpoint = resolve_model(model if model else latest_run_dir(runs_root()), epoch)
+    files = [str(p) for p in image_files(images)]
+    return predict_task(str(checkpoint), files, out, top_k, batch_size, device, decode_workers)

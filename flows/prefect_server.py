@@ -36,7 +36,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,12 +85,25 @@ def grace_seconds() -> float:
 
 
 @contextlib.contextmanager
-def prefect_server() -> Iterator[str]:
-    """Yield the API URL the flow will use; watch it while the flow runs."""
+def prefect_server(while_starting: Callable[[], object] | None = None,
+                   early: EarlyServer | None = None) -> Iterator[str]:
+    """Yield the API URL the flow will use; watch it while the flow runs.
+    `while_starting` (the flow's imports) runs while a temporary server
+    boots, in its own process: the two overlap instead of adding up.
+    `early`: the server start_early() started, used unless Prefect's
+    settings name a server after all."""
     from prefect.settings import PREFECT_API_URL
 
-    grace = grace_seconds()
+    try:
+        grace = grace_seconds()
+    except ConfigError:
+        if early is not None:
+            early.abandon()
+        raise
     configured = PREFECT_API_URL.value()
+    if configured and early is not None:
+        early.abandon()
+        early = None
     if configured:
         url, process, log = configured.rstrip("/"), None, None
         problem = probe(url)
@@ -98,8 +111,10 @@ def prefect_server() -> Iterator[str]:
             raise PrefectServerError(
                 f"cannot reach the Prefect server at {url} (PREFECT_API_URL): {problem}. "
                 "Start it, or unset PREFECT_API_URL to use a temporary local server")
+        if while_starting is not None:
+            while_starting()
     else:
-        url, process, log = start_temporary_server()
+        url, process, log = start_temporary_server(while_starting=while_starting, early=early)
     previous_env = os.environ.get("PREFECT_API_URL")
     if process is not None:
         _use_api_url(url)
@@ -212,9 +227,11 @@ class TemporaryServer(NamedTuple):
     log: Path  # the server's own output (deleted when the run stops it)
 
 
-def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
+def start_temporary_server(timeout: float | None = None, while_starting: Callable[[], object] | None = None,
+                           early: EarlyServer | None = None) -> TemporaryServer:
     """Start Prefect's temporary server (the command Prefect 3's
-    SubprocessASGIServer runs) in its own session.
+    SubprocessASGIServer runs) in its own session; `while_starting` runs
+    once the server's process is started, before waiting for it to answer.
 
     Its output goes to a log file in PREFECT_HOME, not to the run's
     terminal: a server stopped while its services flush (seen on a GPU
@@ -226,30 +243,133 @@ def start_temporary_server(timeout: float | None = None) -> TemporaryServer:
     from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
     timeout = timeout or PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()
+    if early is not None:  # started already, holding the database's lock if it needed it
+        with early.lock:
+            return _start(early.home, early.env, timeout, while_starting, early.spawned)
     settings = get_current_settings()
-    with _first_start_alone(settings, timeout):
-        return _start(settings, timeout)
+    env = {**os.environ, **settings.to_environment_variables(exclude_unset=True)}
+    home = Path(settings.home).expanduser()
+    with _first_start_alone(home, settings.server.database.connection_url.get_secret_value(), timeout):
+        return _start(home, env, timeout, while_starting)
 
 
-def _start(settings, timeout: float) -> TemporaryServer:
+class EarlyServer(NamedTuple):
+    """A temporary server started before Prefect was imported, not yet answering."""
+    home: Path
+    env: dict[str, str]
+    spawned: tuple[subprocess.Popen, str, Path]  # the process, its API URL, its log
+    lock: contextlib.ExitStack  # the database's start lock (_first_start_alone), held until it answers
+
+    def abandon(self) -> None:
+        """Prefect's settings name a server after all: stop this one."""
+        process, _, log = self.spawned
+        interrupt.stop_process(process)
+        interrupt.set_server(None, None)
+        with contextlib.suppress(OSError):
+            log.unlink()
+        # Released as after a failed start: the database is not marked made.
+        self.lock.__exit__(PrefectServerError, PrefectServerError("not used"), None)
+
+
+# What decides which server a run uses and where its database is: where
+# any of these is set, start_early() leaves the start to Prefect's settings.
+_DECISIVE_SETTINGS = ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_DATABASE", "PREFECT_API_DATABASE",
+                      "PREFECT_PROFILES_PATH")
+
+
+def start_early() -> EarlyServer | None:
+    """Start the temporary server before Prefect is imported (2-3 s of a
+    command's start-up on 2 CPUs), so that its boot overlaps that import;
+    None where a temporary server may not be what Prefect's settings say.
+
+    Prefect's settings come from the environment, the active profile and
+    files in the current folder (.env, prefect.toml, pyproject.toml). Read
+    without Prefect here: the environment and the profile, and only when
+    neither names a server, a home other than PREFECT_HOME or a database,
+    and no such file is in the current folder. The server itself reads the
+    same sources, as a server Prefect starts would. prefect_server() checks
+    with Prefect's own settings and stops this one should they name a server."""
+    import importlib.metadata
+    import importlib.util
+    import tomllib
+
+    if any(name.startswith(_DECISIVE_SETTINGS) and value for name, value in os.environ.items()
+           if name != "PREFECT_HOME"):
+        return None
+    for name, says_prefect in ((".env", "PREFECT_"), ("prefect.toml", ""), ("pyproject.toml", "[tool.prefect")):
+        try:
+            if says_prefect in Path(name).read_text(errors="replace"):
+                return None
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return None
+    home = Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except FileNotFoundError:
+        profiles = {}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    active = os.environ.get("PREFECT_PROFILE") or profiles.get("active") or "ephemeral"
+    profile = profiles.get("profiles", {}).get(active, {})
+    if not isinstance(profile, dict) or any(str(name).startswith(_DECISIVE_SETTINGS) for name in profile):
+        return None
+    spec = importlib.util.find_spec("prefect")  # finds the package without importing it
+    if spec is None or not spec.origin:
+        return None
+    # Prefect's default database (prefect.settings: server.database.connection_url).
+    database_url = f"sqlite+aiosqlite:///{home}/prefect.db"
+    timeout = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS") or 90)
+    lock = contextlib.ExitStack()
+    lock.enter_context(_first_start_alone(home, database_url, timeout, importlib.metadata.version("prefect")))
+    try:
+        env = dict(os.environ)
+        spawned = _spawn(home, env, Path(spec.origin).parent.parent)
+    except BaseException:
+        lock.close()
+        raise
+    interrupt.set_server(None, spawned[0], spawned[2])  # a signal meanwhile stops it too
+    return EarlyServer(home, env, spawned, lock)
+
+
+def _spawn(home: Path, env: dict[str, str], app_dir: Path) -> tuple[subprocess.Popen, str, Path]:
+    """Start the server's process on a free port; (process, API URL, log)."""
+    env = {**env, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+    env.pop("PREFECT_API_URL", None)
+    port = _free_port()
+    log = _server_log(home, port)
+    with open(log, "ab") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()), "--app-dir", str(app_dir), "--factory",
+             "prefect.server.api.server:create_app",
+             "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+            env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+    return process, f"http://127.0.0.1:{port}/api", log
+
+
+def _start(home: Path, env: dict[str, str], timeout: float, while_starting: Callable[[], object] | None = None,
+           spawned: tuple[subprocess.Popen, str, Path] | None = None) -> TemporaryServer:
     import prefect
     from prefect.logging import get_logger
 
-    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
-           **settings.to_environment_variables(exclude_unset=True)}
-    env.pop("PREFECT_API_URL", None)
     deadline = time.monotonic() + timeout
     while True:
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}/api"
-        log = _server_log(Path(settings.home).expanduser(), port)
-        with open(log, "ab") as output:
-            process = subprocess.Popen(
-                [sys.executable, "-c", _SERVER_LAUNCHER, str(os.getpid()),
-                 "--app-dir", str(Path(prefect.__file__).parent.parent), "--factory",
-                 "prefect.server.api.server:create_app",
-                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-                env=env, start_new_session=True, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT)
+        process, url, log = spawned or _spawn(home, env, Path(prefect.__file__).parent.parent)
+        spawned = None
+        if while_starting is not None:
+            # A signal meanwhile stops this server too (no run to mark yet).
+            interrupt.set_server(None, process, log)
+            began = time.monotonic()
+            try:
+                while_starting()
+                deadline += time.monotonic() - began  # the server's timeout is its own, not the imports'
+            except BaseException:
+                interrupt.stop_process(process)
+                raise
+            finally:
+                interrupt.set_server(None, None)
+            while_starting = None  # once: a restart on another port does not import again
         while process.poll() is None and probe(url, timeout=2) is not None and time.monotonic() < deadline:
             time.sleep(0.1)
         if process.poll() == 3 and _port_was_taken(log) and time.monotonic() < deadline:
@@ -270,7 +390,7 @@ def _start(settings, timeout: float) -> TemporaryServer:
 
 
 @contextlib.contextmanager
-def _first_start_alone(settings, timeout: float) -> Iterator[None]:
+def _first_start_alone(home: Path, url: str, timeout: float, version: str | None = None) -> Iterator[None]:
     """Let a server that may create the database start alone.
 
     Each temporary server creates the database's tables when it starts, if
@@ -281,14 +401,15 @@ def _first_start_alone(settings, timeout: float) -> Iterator[None]:
     flock on PREFECT_HOME until its server answers, unless a mark says a
     server of this Prefect version has already made this database; the
     starts after that go at once, in parallel. The kernel drops the lock if
-    the run dies, so a crashed start never blocks the next one."""
-    import prefect
+    the run dies, so a crashed start never blocks the next one. `version`:
+    Prefect's, when Prefect is not imported yet."""
+    if version is None:
+        import prefect
 
-    home = Path(settings.home).expanduser()
-    url = settings.server.database.connection_url.get_secret_value()
+        version = prefect.__version__
     database = _sqlite_file(url)
     # The URL may hold a password: the mark holds its hash only.
-    wanted = hashlib.sha256(f"{prefect.__version__}\n{url}".encode()).hexdigest()
+    wanted = hashlib.sha256(f"{version}\n{url}".encode()).hexdigest()
     mark = home / ".alexnet-database-made"
 
     def made() -> bool:

@@ -17,25 +17,102 @@ if __name__ == "__main__":  # a signal during the imports below (seconds) ends t
     install()
 
 import argparse  # noqa: E402
+import importlib
 import sys
 from pathlib import Path
 
-import tasks  # noqa: F401 - first: sets Prefect's environment defaults before prefect is imported
-from prefect import flow
-from prefect.runtime import flow_run
-from prefect.task_runners import ThreadPoolTaskRunner
-
-from alexnet_pipeline.config import RUN_OPTIONS, load_yaml, resolve_run, runs_root
+# Light imports only above the flow below: --help and a refusal answer at once.
+from alexnet_pipeline.config import RUN_OPTIONS, load_yaml
 from alexnet_pipeline.errors import ConfigError, PipelineError
-from alexnet_pipeline.ownership import claim_sweep_folder
-from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
 from flows.command_line import run_flow_command
-from flows.interrupt import keep_signals_in_flow
-from tasks.sweep import run_trial, write_sweep_report
 
 TRIAL_DEPLOYMENT = "full-run/on-demand"
 # What a trial may set: full_run's parameters, which follow from the config's run settings.
 FULL_RUN_PARAMETERS = ["preset", "config_file", *RUN_OPTIONS]
+
+
+def _value(key: str, text: str):
+    """Command-line value, read as the type of the run setting `key` (so
+    `--set data_dir=2024` stays a folder name, `--set lr=1e-4` is a number).
+    preset and config_file are names; an unknown key is refused by
+    check_trial with its text as given."""
+    return RUN_OPTIONS[key].parse(text) if key in RUN_OPTIONS else text
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.replace("-", "_"), value
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--file", metavar="YAML", help="trials, grid, base and out, as YAML")
+    p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2",
+                   help="a full_run parameter and its values; repeat for a grid")
+    p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="a full_run parameter shared by every trial")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
+    p.add_argument("--deployment", default=TRIAL_DEPLOYMENT, help=f"deployment each trial runs (default: {TRIAL_DEPLOYMENT})")
+    p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="give up waiting on a trial after this long")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    request: dict = {}
+
+    def read_request() -> None:
+        spec = load_yaml(Path(args.file)) if args.file else {}
+        unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
+        if unknown:
+            raise ConfigError(f"{args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out")
+        from prefect.settings import PREFECT_API_URL  # all of Prefect (seconds): not for --help
+
+        if not PREFECT_API_URL.value():
+            raise ConfigError("a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
+                              "(see docs/operations.md, \"Run on several GPU machines\")")
+        grid = {**(spec.get("grid") or {}), **{k: [_value(k, v) for v in values.split(",")] for k, values in args.grid}}
+        base = {**(spec.get("base") or {}), **{k: _value(k, v) for k, v in args.set}}
+        request.update(trials=spec.get("trials"), grid=grid or None, base=base or None,
+                       out=args.out or spec.get("out"), deployment=args.deployment, trial_timeout_s=args.trial_timeout)
+
+    def summary(result: dict) -> str:
+        reports = ", ".join(result[name] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png") if name in result)
+        return f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\nreport: {reports}"
+
+    # The trials run on workers: a stopped sweep leaves those already started running there.
+    return run_flow_command(
+        lambda: _flow_module().sweep(**request), summary, before=read_request, while_server_starts=_flow_module,
+        hint="trials already started go on on their workers; run the same command again "
+             "once they have ended, and finished trials are reused",
+    )
+
+
+def _flow_module():
+    """This file with its flow: run as a script, it is __main__ and stops
+    before the flow's imports (Prefect, pandas); importing it by name runs it
+    once more, whole."""
+    return importlib.import_module("flows.sweep")
+
+
+# Run as a script, this file stops here: main() imports the flow below only
+# once the checks have passed.
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+import tasks  # noqa: E402, F401 - first: sets Prefect's environment defaults before prefect is imported
+from prefect import flow  # noqa: E402
+from prefect.runtime import flow_run  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+
+from alexnet_pipeline.config import resolve_run, runs_root  # noqa: E402
+from alexnet_pipeline.ownership import claim_sweep_folder  # noqa: E402
+from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys  # noqa: E402
+from flows.interrupt import keep_signals_in_flow  # noqa: E402
+from tasks.sweep import run_trial, write_sweep_report  # noqa: E402
 
 
 def check_trial(index: int, params: dict) -> None:
@@ -90,66 +167,3 @@ def sweep(
         # The user's to look into (deployment, workers, settings), as any PipelineError: one line.
         raise PipelineError(f"all {len(rows)} trials failed; see {paths['sweep.csv']} (first error: {failed[0]['error']})")
     return {"sweep_dir": str(sweep_dir), **paths, "failed": len(failed), "trials": rows}
-
-
-def _value(key: str, text: str):
-    """Command-line value, read as the type of the run setting `key` (so
-    `--set data_dir=2024` stays a folder name, `--set lr=1e-4` is a number).
-    preset and config_file are names; an unknown key is refused by
-    check_trial with its text as given."""
-    return RUN_OPTIONS[key].parse(text) if key in RUN_OPTIONS else text
-
-
-def _key_value(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.replace("-", "_"), value
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--file", metavar="YAML", help="trials, grid, base and out, as YAML")
-    p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2",
-                   help="a full_run parameter and its values; repeat for a grid")
-    p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="a full_run parameter shared by every trial")
-    p.add_argument("--out", metavar="DIR", help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
-    p.add_argument("--deployment", default=TRIAL_DEPLOYMENT, help=f"deployment each trial runs (default: {TRIAL_DEPLOYMENT})")
-    p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="give up waiting on a trial after this long")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    from prefect.settings import PREFECT_API_URL
-
-    args = parse_args(argv)
-    request: dict = {}
-
-    def read_request() -> None:
-        spec = load_yaml(Path(args.file)) if args.file else {}
-        unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
-        if unknown:
-            raise ConfigError(f"{args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out")
-        if not PREFECT_API_URL.value():
-            raise ConfigError("a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
-                              "(see docs/operations.md, \"Run on several GPU machines\")")
-        grid = {**(spec.get("grid") or {}), **{k: [_value(k, v) for v in values.split(",")] for k, values in args.grid}}
-        base = {**(spec.get("base") or {}), **{k: _value(k, v) for k, v in args.set}}
-        request.update(trials=spec.get("trials"), grid=grid or None, base=base or None,
-                       out=args.out or spec.get("out"), deployment=args.deployment, trial_timeout_s=args.trial_timeout)
-
-    def summary(result: dict) -> str:
-        reports = ", ".join(result[name] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png") if name in result)
-        return f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\nreport: {reports}"
-
-    # The trials run on workers: a stopped sweep leaves those already started running there.
-    return run_flow_command(
-        lambda: sweep(**request), summary, before=read_request,
-        hint="trials already started go on on their workers; run the same command again "
-             "once they have ended, and finished trials are reused",
-    )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,7 +3,8 @@
 Prefect's default policy includes the flow run id, so a new run would redo
 everything. Here keys come from the task's inputs, its source, and the
 version of the stage's logic: a constant in the library module behind the
-stage (PREPROCESS_VERSION in cache.py, EVALUATE_VERSION in evaluate.py, ...),
+stage (PREPROCESS_VERSION in cache.py, REPORT_VERSION in report.py; those of
+training and evaluation in versions.py, which needs no torch to import),
 bumped by hand when a change there changes what the stage returns. Editing a
 comment or another stage's code then invalidates nothing.
 """

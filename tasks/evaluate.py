@@ -5,8 +5,18 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from alexnet_pipeline.evaluate import EVALUATE_VERSION, evaluate_splits
+from alexnet_pipeline.versions import EVALUATE_VERSION
 from tasks.caching import by_file_content
+
+
+def evaluate_splits(*args, **kwargs):
+    """alexnet_pipeline.evaluate.evaluate_splits, imported when a checkpoint
+    is evaluated: it imports torch (seconds), which a cache hit does not need.
+    A function of that name, so that the task's source (part of its cache key)
+    does not depend on where it is imported."""
+    from alexnet_pipeline.evaluate import evaluate_splits
+
+    return evaluate_splits(*args, **kwargs)
 
 
 def _run_name() -> str:

@@ -90,7 +90,7 @@ def report_run(run_dir: str, summary: dict, meta: dict, config: dict, device: st
     paths = call_cached(
         write_report, still_valid, run_dir=run_dir, rows=rows, best_result=summary["selected_result"],
         class_names=meta["class_names"], config=config, env=environment(device),
-        measurements=measurements(timer.seconds, device), skipped_files=meta.get("skipped_files", []),
+        measurements={**measurements(timer.seconds, device), "start_up": timer.start_up}, skipped_files=meta.get("skipped_files", []),
     )
     best = next(r for r in rows if r["epoch"] == summary["selected_epoch"])
     result = {"run_dir": run_dir, "best_epoch": best["epoch"], "selected_on": summary["selected_on"],

@@ -1,14 +1,27 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from alexnet_pipeline.config import PipelineConfig
 from alexnet_pipeline.record import RunRecord
-from alexnet_pipeline.train import TRAIN_VERSION, EpochStats, train_run
+from alexnet_pipeline.versions import TRAIN_VERSION
 from tasks.caching import by_fingerprint
+
+if TYPE_CHECKING:
+    from alexnet_pipeline.train import EpochStats
+
+
+def train_run(*args, **kwargs):
+    """alexnet_pipeline.train.train_run, imported when training runs: it
+    imports torch (seconds), which a cache hit does not need. A function of
+    that name, so that the task's source (part of its cache key) is unchanged."""
+    from alexnet_pipeline.train import train_run
+
+    return train_run(*args, **kwargs)
 
 
 @task(name="fine-tune", cache_policy=by_fingerprint("fine-tune", TRAIN_VERSION), persist_result=True)

@@ -168,7 +168,7 @@ def cli_prefect_home(prefect_harness, tmp_path) -> Path:
 
 
 @contextlib.contextmanager
-def _prefect_must_not_start():
+def _prefect_must_not_start(*args, **kwargs):
     raise AssertionError("the command reached Prefect: this refusal must come before Prefect starts")
     yield  # pragma: no cover
 

@@ -44,11 +44,11 @@ def test_a_stage_key_follows_its_version_not_the_library_source(tmp_path):
     report.write_text(report.read_text() + "\n# an edited comment\n")
     assert evaluation_key(code, checkpoint) == before
 
-    evaluate = code / "alexnet_pipeline" / "evaluate.py"
-    text = evaluate.read_text()
+    versions = code / "alexnet_pipeline" / "versions.py"
+    text = versions.read_text()
     version = re.search(r"\nEVALUATE_VERSION = (\d+)\n", text)
     assert version
-    evaluate.write_text(text.replace(version[0], f"\nEVALUATE_VERSION = {int(version[1]) + 1}\n"))
+    versions.write_text(text.replace(version[0], f"\nEVALUATE_VERSION = {int(version[1]) + 1}\n"))
     bumped = evaluation_key(code, checkpoint)
     assert bumped != before
 
