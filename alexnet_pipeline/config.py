@@ -184,7 +184,9 @@ class DataConfig(_Section):
         None, ge=8, le=1024, description="side of the square uint8 images kept in the cache (image folders only); "
                                          "default: the image size, or the images' own size when that is smaller")
     cache_dir: Annotated[Text | None, Flag(metavar="DIR")] = Field(
-        None, description="where preprocessed arrays go (default: DATA_DIR/preprocessed)")
+        None, description="where preprocessed arrays go (default: DATA_DIR/preprocessed for CIFAR-10; for an "
+                          "image folder, $XDG_CACHE_HOME/alexnet-pipeline/preprocessed, else "
+                          "~/.cache/alexnet-pipeline/preprocessed: never inside the images' folder)")
     skip_bad_images: Annotated[Switch, Flag(const=True)] = Field(
         False, description="leave out image files that cannot be decoded (listed in the report)")
     url: Text = Field(CIFAR10_URL, description="where the CIFAR-10 archive is downloaded from")

@@ -36,7 +36,7 @@ from alexnet_pipeline.cache import read_meta
 from alexnet_pipeline.config import RUN_OPTIONS, PipelineConfig, Text, preset_names, resolve_run
 from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
-from alexnet_pipeline.preflight import check_inputs, cpu_training_warning
+from alexnet_pipeline.preflight import check_inputs, cpu_training_warning, few_steps_warning
 from alexnet_pipeline.timing import StageTimer
 from flows.command_line import add_run_flags, describe_parameters, run_flow_command
 from flows.interrupt import keep_signals_in_flow
@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         # Everything that can be checked cheaply is checked before Prefect starts.
         cfg = config_for(preset, config_file, **settings)
         train_images = check_inputs(cfg)
-        if warning := cpu_training_warning(cfg, train_images):
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        for warning in (few_steps_warning(cfg.train, train_images), cpu_training_warning(cfg, train_images)):
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
         if cfg.out:  # a default run folder is known only once the data are hashed
             check_not_locked(cfg.run_dir())
 

@@ -27,6 +27,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
+def user_cache_dir(tmp_path, monkeypatch) -> Path:
+    """The pipeline's own cache folder (image folders' preprocessed data) is
+    the test's, never the user's ~/.cache; child processes inherit it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "alexnet-pipeline"
+
+
+@pytest.fixture(autouse=True)
 def few_checkpoints_in_memory():
     """Every test trains models of 228 MB: the test process keeps at most
     two of its checkpoints in memory, and none from an earlier test."""
