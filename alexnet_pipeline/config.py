@@ -52,6 +52,8 @@ RUNS_ROOT_ENV = "ALEXNET_PIPELINE_RUNS_ROOT"
 # `--no-verify` on the same archive resumes the same run folder (and out of
 # what a refusal to resume reports as different).
 RESULT_NEUTRAL_DATA_FIELDS = ("data_dir", "cache_dir", "decode_workers", "url", "verify", "md5")
+# Read only when downloading CIFAR-10: an image-folder run's report leaves them out.
+CIFAR10_ONLY_FIELDS = ("url", "md5", "verify")
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 # Bounds on a YAML file, checked before it is turned into objects: a config is
@@ -241,12 +243,15 @@ class TrainConfig(_Section):
         return self
 
     def resolved_lr(self, weights: str) -> float:
-        if self.lr is not None:
-            return self.lr
-        # Fine-tuning pretrained features wants a smaller step than training
-        # from scratch; both are per 256 images and scale linearly.
-        base = 3e-4 if weights == "none" else 1e-4
-        return base * self.batch_size / 256
+        return self.lr if self.lr is not None else default_lr(weights, self.batch_size)
+
+
+def default_lr(weights: str, batch_size: int) -> float:
+    """The lr of a run that sets none. Fine-tuning pretrained features wants
+    a smaller step than training from scratch; both are per 256 images and
+    scale linearly."""
+    base = 3e-4 if weights == "none" else 1e-4
+    return base * batch_size / 256
 
 
 class PipelineConfig(_Section):

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import platform
+from pathlib import Path
 
 import pandas as pd
 
+from alexnet_pipeline.config import CIFAR10_ONLY_FIELDS, default_lr
 from alexnet_pipeline.escape import markdown_code, markdown_code_block, markdown_text, plot_text
 
 # Part of the report task's cache key: bump when a change here changes the
 # files or artifacts the report writes.
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 COLUMNS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_s", "checkpoint"]
 
 
@@ -27,6 +29,55 @@ def epoch_table(history: list[dict], evaluations: list[dict]) -> pd.DataFrame:
     for stats, result in zip(history, evaluations, strict=True):
         rows.append({**stats, "test_loss": result["loss"], "test_acc": result["accuracy"]})
     return pd.DataFrame(rows, columns=COLUMNS).sort_values("epoch").reset_index(drop=True)
+
+
+# The one rule for numbers in this pipeline's CSV files (accuracy.csv,
+# sweep.csv): accuracies are fractions (0.891, not 89.1; the report and the
+# command line show percent), and every float is written with ten significant
+# digits: more than any accuracy, loss or time here means, few enough that
+# binary leftovers (0.41000000000000003) do not show.
+CSV_FLOAT_FORMAT = "%.10g"
+
+
+def accuracy_csv(df: pd.DataFrame) -> str:
+    """accuracy.csv's text from the per-epoch table (see CSV_FLOAT_FORMAT)."""
+    return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT)
+
+
+def with_run_relative_checkpoints(df: pd.DataFrame, run_dir: str | Path) -> pd.DataFrame:
+    """The table with each checkpoint path relative to the run folder: a
+    moved or copied run folder still names its own files (a path outside it
+    stays absolute)."""
+    root = Path(run_dir).resolve()
+
+    def relative(path):
+        if not isinstance(path, str) or not path:
+            return path
+        try:
+            return Path(path).resolve().relative_to(root).as_posix()
+        except ValueError:
+            return path
+
+    return df.assign(checkpoint=[relative(p) for p in df["checkpoint"]])
+
+
+def shown_config(config: dict) -> tuple[dict, list[str]]:
+    """The config as report.md shows it, and what the reader must know about
+    it (markdown): the lr actually used where none was set (the default is chosen from
+    the weights and the batch size), and no CIFAR-10 download settings in a
+    run on an image folder (they were not used)."""
+    shown = json.loads(json.dumps(config))
+    notes = []
+    train, data = shown.get("train", {}), shown.get("data", {})
+    if "lr" in train and train["lr"] is None and "batch_size" in train:
+        weights = shown.get("model", {}).get("weights", "imagenet")
+        train["lr"] = default_lr(weights, train["batch_size"])
+        notes.append(f"train.lr was not set: {train['lr']:.3g} is the default for weights {markdown_code(weights)} "
+                     f"at batch size {train['batch_size']}, the lr this run used.")
+    if data.get("dataset") == "imagefolder":
+        for key in CIFAR10_ONLY_FIELDS:
+            data.pop(key, None)
+    return shown, notes
 
 
 def best_row(df: pd.DataFrame) -> pd.Series:
@@ -323,7 +374,8 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "Train loss and accuracy are measured on the augmented training batches as they were trained"
         + (f" (loss with label smoothing {smoothing:g})" if smoothing else "")
-        + "; test loss is plain cross-entropy on the test set.",
+        + "; test loss is plain cross-entropy on the test set. accuracy.csv holds the same numbers, "
+        "accuracies as fractions (0.5 is 50%).",
         "",
         f"![Accuracy and loss per epoch]({images['accuracy']})",
         "",
@@ -349,7 +401,9 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
     ]
     if skipped_files:
         lines += ["## Skipped image files (--skip-bad-images)", ""] + [f"- {markdown_code(f)}" for f in skipped_files] + [""]
-    lines += ["## Configuration", "", markdown_code_block(json.dumps(config, indent=2), "json"), ""]
+    shown, notes = shown_config(config)
+    lines += ["## Configuration", "", *notes, *([""] if notes else []),
+              markdown_code_block(json.dumps(shown, indent=2), "json"), ""]
     return "\n".join(lines)
 
 

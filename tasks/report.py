@@ -14,6 +14,7 @@ from alexnet_pipeline.ownership import REPORT_FILES
 from alexnet_pipeline.report import (
     REPORT_IMAGES,
     REPORT_VERSION,
+    accuracy_csv,
     accuracy_figure,
     best_row,
     confusion_figure,
@@ -21,6 +22,7 @@ from alexnet_pipeline.report import (
     epoch_table,
     measurements,
     report_markdown,
+    with_run_relative_checkpoints,
 )
 from alexnet_pipeline.timing import StageTimer
 from tasks.caching import across_runs, call_cached
@@ -51,7 +53,7 @@ def write_report(run_dir: str, history: list[dict], evaluations: list[dict], cla
                  env: dict, measurements: dict, skipped_files: list[str]) -> dict[str, str]:
     """`measurements`: {"stage_seconds": {stage: s}, "peak_host_memory_gb": x, "peak_gpu_memory_gb": y or None}."""
     out = Path(run_dir)
-    df = epoch_table(history, evaluations)
+    df = with_run_relative_checkpoints(epoch_table(history, evaluations), out)
     best_epoch = int(best_row(df)["epoch"])
     best_result = evaluations[[h["epoch"] for h in history].index(best_epoch)]
     pngs = {
@@ -60,7 +62,7 @@ def write_report(run_dir: str, history: list[dict], evaluations: list[dict], cla
                                                  f"Confusion matrix, best epoch ({best_epoch})")),
     }
     report_args = (df, best_result, class_names, config, env, measurements, skipped_files)
-    atomic_write_text(out / "accuracy.csv", df.to_csv(index=False))
+    atomic_write_text(out / "accuracy.csv", accuracy_csv(df))
     for name, data in pngs.items():
         _write_bytes(out / REPORT_IMAGES[name], data)
     faults.crash_point("report")

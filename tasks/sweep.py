@@ -9,6 +9,7 @@ from prefect.deployments import run_deployment
 
 from alexnet_pipeline.escape import markdown_code
 from alexnet_pipeline.files import atomic_path, atomic_write_text
+from alexnet_pipeline.report import CSV_FLOAT_FORMAT
 from alexnet_pipeline.sweep import (
     accuracy_curve,
     classes_of_run,
@@ -69,7 +70,7 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     table = sweep_table(rows, keys)
     curves = {f"{row['trial']}: {trial_label(row['params'], label_keys)}": accuracy_curve(row["run_dir"])
               for row in rows if row["state"] == "Completed"}
-    atomic_write_text(out / "sweep.csv", table.to_csv(index=False))
+    atomic_write_text(out / "sweep.csv", table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
     paths = {"sweep.csv": str(out / "sweep.csv"), "sweep.png": str(out / "sweep.png")}
     # Trials that differ only by seed: their spread is what tells whether a
     # difference between settings means anything.
@@ -78,7 +79,7 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     num_classes = next((n for row in rows if row["state"] == "Completed" and (n := classes_of_run(row["run_dir"]))), None)
     if groups:
         seeds = seed_summary(groups)
-        atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False))
+        atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
         paths["sweep_seeds.csv"] = str(out / "sweep_seeds.csv")
         fig = seed_band_figure({label: [accuracy_curve(m["run_dir"]) for m in members]
                                 for label, members in groups.items()}, num_classes)

@@ -47,3 +47,53 @@ def test_the_default_cache_of_an_image_folder_is_the_pipelines_own(tmp_path, use
     chosen = resolve_config("default", overrides={"data.dataset": "imagefolder", "data.data_dir": str(photos),
                                                    "data.cache_dir": str(tmp_path / "mine")}).data
     assert preprocess(chosen, 64, progress=False).parent == tmp_path / "mine"
+
+
+def test_report_shows_the_lr_used_no_cifar_settings_for_images_and_csv_numbers_as_fractions(
+        prefect_storage, tmp_path):
+    """report.md's config block said "lr": null and listed CIFAR-10's URL and
+    MD5 for an image-folder run; accuracy.csv held 0.41000000000000003 and
+    absolute checkpoint paths (wrong once the run folder moved)."""
+    import pandas as pd
+    from prefect import flow
+
+    from alexnet_pipeline.ownership import claim_sweep_folder
+    from alexnet_pipeline.report import environment
+    from tasks.report import write_report
+    from tasks.sweep import write_sweep_report
+
+    photos = make_image_folder(tmp_path / "photos")
+    config = resolve_config("default", overrides={"data.dataset": "imagefolder", "data.data_dir": str(photos),
+                                                   "model.weights": "none", "train.batch_size": 64}).to_dict()
+    assert config["train"]["lr"] is None
+    run_dir = tmp_path / "run"
+    acc = 0.1 + 0.31  # 0.41000000000000003
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": acc, "lr": 7.5e-05, "epoch_seconds": 2.5,
+                "images_per_s": 40.0, "checkpoint": str(run_dir / "checkpoints" / "alexnet-01.pt")}]
+    evaluations = [{"loss": 0.9, "accuracy": acc, "per_class_accuracy": [0.5, 0.5], "confusion": [[1, 1], [1, 1]],
+                    "num_images": 4}]
+    measurements = {"stage_seconds": {"train": 1.0}, "peak_host_memory_gb": 1.0, "peak_gpu_memory_gb": None}
+    sweep_dir = tmp_path / "sweep"
+    claim_sweep_folder(sweep_dir)
+    (sweep_dir / "trial-01").mkdir()
+    rows = [{"trial": 1, "params": {"lr": acc}, "run_dir": str(sweep_dir / "trial-01"), "state": "Failed",
+             "best_test_acc": acc, "error": "x"}]
+
+    @flow
+    def report_only():
+        write_report.fn(run_dir=str(run_dir), history=history, evaluations=evaluations, class_names=["a", "b"],
+                        config=config, env=environment("cpu"), measurements=measurements, skipped_files=[])
+        return write_sweep_report.fn(str(sweep_dir), rows, ["lr"], ["lr"])
+
+    report_only()
+    report = (run_dir / "report.md").read_text()
+    assert '"lr": 0.000075' in report or '"lr": 7.5e-05' in report
+    assert "train.lr was not set: 7.5e-05 is the default for weights `none` at batch size 64" in report
+    assert "cs.toronto.edu" not in report and '"md5"' not in report and '"verify"' not in report
+    assert "accuracies as fractions (0.5 is 50%)" in report
+    text = (run_dir / "accuracy.csv").read_text()
+    assert "0.41000000000000003" not in text
+    csv = pd.read_csv(run_dir / "accuracy.csv")
+    assert csv["test_acc"].tolist() == [0.41] and csv["checkpoint"].tolist() == ["checkpoints/alexnet-01.pt"]
+    sweep_csv = (sweep_dir / "sweep.csv").read_text()
+    assert "0.41000000000000003" not in sweep_csv and ",0.41," in sweep_csv
