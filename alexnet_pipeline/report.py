@@ -375,7 +375,7 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "Train loss and accuracy are measured on the augmented training batches as they were trained"
         + (f" (loss with label smoothing {smoothing:g})" if smoothing else "")
         + "; test loss is plain cross-entropy on the test set. accuracy.csv holds the same numbers, "
-        "accuracies as fractions (0.5 is 50%).",
+        "accuracies as fractions of 1 (0.5 for 50.0%).",
         "",
         f"![Accuracy and loss per epoch]({images['accuracy']})",
         "",

@@ -28,7 +28,7 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
-from alexnet_pipeline.config import RUN_OPTIONS, Text, config_from_dict, runs_root
+from alexnet_pipeline.config import RUN_OPTIONS, Text, absolute_path, config_from_dict, runs_root
 from alexnet_pipeline.download import check_cifar10_reachable
 from alexnet_pipeline.errors import ConfigError, DataError
 from alexnet_pipeline.lock import run_folder_lock
@@ -131,7 +131,7 @@ def check_recorded_data_folder(cfg, run_path: Path) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help=LOCAL_HELP["run_dir"])
+    p.add_argument("run_dir", nargs="?", type=absolute_path, help=LOCAL_HELP["run_dir"])
     add_run_flags(p, ["data_dir", "cache_dir", "device"], help=LOCAL_HELP)
     return p.parse_args(argv)
 

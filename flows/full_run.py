@@ -33,7 +33,7 @@ from prefect import flow, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from alexnet_pipeline.cache import read_meta
-from alexnet_pipeline.config import RUN_OPTIONS, PipelineConfig, Text, preset_names, resolve_run
+from alexnet_pipeline.config import RUN_OPTIONS, PipelineConfig, Text, absolute_path, preset_names, resolve_run
 from alexnet_pipeline.lock import check_not_locked, run_folder_lock
 from alexnet_pipeline.ownership import RunIdentity
 from alexnet_pipeline.preflight import check_inputs, cpu_training_warning, few_steps_warning
@@ -123,7 +123,7 @@ def full_run(*, preset: str = "default", config_file: str | None = None, **setti
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", choices=preset_names(), help=f"{PRESET_HELP} (default: default)")
-    p.add_argument("--config", dest="config_file", metavar="FILE", help=CONFIG_FILE_HELP)
+    p.add_argument("--config", dest="config_file", metavar="FILE", type=absolute_path, help=CONFIG_FILE_HELP)
     add_run_flags(p)
     return p.parse_args(argv)
 

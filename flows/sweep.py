@@ -25,10 +25,10 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from alexnet_pipeline.config import RUN_OPTIONS, load_yaml, resolve_run, runs_root
+from alexnet_pipeline.config import RUN_OPTIONS, absolute_path, load_yaml, resolve_run, runs_root
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.ownership import claim_sweep_folder
-from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys
+from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys, with_absolute_paths
 from flows.command_line import run_flow_command
 from flows.interrupt import keep_signals_in_flow
 from tasks.sweep import run_trial, write_sweep_report
@@ -68,7 +68,7 @@ def sweep(
     each on top of `base`) as a run of `deployment`, concurrently; compare them.
     Returns the sweep folder, the paths of sweep.csv and sweep.png, and the rows."""
     keep_signals_in_flow()
-    planned = expand_trials(trials, grid, base)
+    planned = [with_absolute_paths(params) for params in expand_trials(trials, grid, base)]
     for index, params in enumerate(planned, start=1):
         check_trial(index, params)
     # Absolute, because the trials write there from other machines: a shared
@@ -93,7 +93,7 @@ def sweep(
 
 def _value(key: str, text: str):
     """Command-line value, read as the type of the run setting `key` (so
-    `--set data_dir=2024` stays a folder name, `--set lr=1e-4` is a number).
+    `--set data_dir=2024` stays a folder name, made absolute, `--set lr=1e-4` is a number).
     preset and config_file are names; an unknown key is refused by
     check_trial with its text as given."""
     return RUN_OPTIONS[key].parse(text) if key in RUN_OPTIONS else text
@@ -108,12 +108,12 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--file", metavar="YAML", help="trials, grid, base and out, as YAML")
+    p.add_argument("--file", metavar="YAML", type=absolute_path, help="trials, grid, base and out, as YAML")
     p.add_argument("--grid", action="append", type=_key_value, default=[], metavar="KEY=V1,V2",
                    help="a full_run parameter and its values; repeat for a grid")
     p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="a full_run parameter shared by every trial")
-    p.add_argument("--out", metavar="DIR", help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
+    p.add_argument("--out", metavar="DIR", type=absolute_path, help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
     p.add_argument("--deployment", default=TRIAL_DEPLOYMENT, help=f"deployment each trial runs (default: {TRIAL_DEPLOYMENT})")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="give up waiting on a trial after this long")
     return p.parse_args(argv)

@@ -90,7 +90,7 @@ def test_report_shows_the_lr_used_no_cifar_settings_for_images_and_csv_numbers_a
     assert '"lr": 0.000075' in report or '"lr": 7.5e-05' in report
     assert "train.lr was not set: 7.5e-05 is the default for weights `none` at batch size 64" in report
     assert "cs.toronto.edu" not in report and '"md5"' not in report and '"verify"' not in report
-    assert "accuracies as fractions (0.5 is 50%)" in report
+    assert "accuracies as fractions of 1 (0.5 for 50.0%)" in report
     text = (run_dir / "accuracy.csv").read_text()
     assert "0.41000000000000003" not in text
     csv = pd.read_csv(run_dir / "accuracy.csv")
