@@ -97,3 +97,41 @@ def test_report_shows_the_lr_used_no_cifar_settings_for_images_and_csv_numbers_a
     assert csv["test_acc"].tolist() == [0.41] and csv["checkpoint"].tolist() == ["checkpoints/alexnet-01.pt"]
     sweep_csv = (sweep_dir / "sweep.csv").read_text()
     assert "0.41000000000000003" not in sweep_csv and ",0.41," in sweep_csv
+
+
+def test_a_run_trained_with_relative_paths_evaluates_from_any_working_folder_and_when_moved(
+        run_main, prefect_storage, tmp_path, cifar_data_dir, monkeypatch):
+    """`python flows/evaluate.py main/runs/<run>` from the folder above the
+    clone failed: the run's config held data_dir "data", the download task
+    was a cache hit keyed on that text, and the data were looked for in
+    ./data of the new working folder. Paths are absolute before they reach
+    a config or a cache key, and a moved run folder still evaluates."""
+    import shutil
+
+    import pandas as pd
+
+    from alexnet_pipeline.checkpoint import load_checkpoint
+
+    assert cifar_data_dir == tmp_path / "data"  # run_main works in tmp_path: "data" is this folder
+    code, err = run_main(["--data-dir", "data", "--no-verify", "--weights", "none", "--epochs", "1", "--batch-size", "10",
+                          "--image-size", "64", "--device", "cpu", "--subset", "50", "--out", "clone/runs/r"],
+                         prefect=True)
+    assert code == 0, err[-3000:]
+    run = tmp_path / "clone" / "runs" / "r"
+    config = load_checkpoint(run / "checkpoints" / "alexnet-01.pt")["config"]
+    assert (config["data"]["data_dir"], config["out"]) == (str(cifar_data_dir), str(run))
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, err = run_main(["../clone/runs/r"], command="evaluate", prefect=True)
+    assert code == 0, err[-3000:]
+    assert list(elsewhere.iterdir()) == []  # nothing looked for, or downloaded, here
+
+    moved = tmp_path / "moved"
+    shutil.move(run, moved)
+    (moved / "accuracy.csv").unlink()
+    code, err = run_main([str(moved)], command="evaluate", prefect=True)
+    assert code == 0, err[-3000:]
+    assert pd.read_csv(moved / "accuracy.csv")["checkpoint"].tolist() == ["checkpoints/alexnet-01.pt"]
+    assert "(`checkpoints/alexnet-01.pt`)" in (moved / "report.md").read_text()
