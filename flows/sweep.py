@@ -5,8 +5,11 @@ worker per GPU). Waits for all, then writes sweep.csv and sweep.png.
     python flows/sweep.py --set preset=smoke --grid lr=1e-4,3e-4 --grid seed=0,1
     python flows/sweep.py --file sweep.yaml        # keys: trials, grid, base, out
 
-Needs a Prefect server with the deployments of deployments/prefect.yaml and at
-least one worker (docs/operations.md, "Run on several GPU machines"); PREFECT_API_URL names the server.
+With PREFECT_API_URL naming a Prefect server that has the deployments of
+deployments/prefect.yaml and workers (docs/operations.md, "Run on several GPU
+machines"), the trials run there, concurrently. Without it, on one machine:
+the trials run here, one after another, each a flow run of full_run under the
+sweep's (same folders, same sweep.csv, same resume).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from alexnet_pipeline.ownership import claim_sweep_folder
 from alexnet_pipeline.sweep import default_sweep_dir, expand_trials, param_keys, varying_keys, with_absolute_paths
 from flows.command_line import run_flow_command
 from flows.interrupt import keep_signals_in_flow
-from tasks.sweep import run_trial, write_sweep_report
+from tasks.sweep import run_trial, trial_row, write_sweep_report
 
 TRIAL_DEPLOYMENT = "full-run/on-demand"
 # What a trial may set: full_run's parameters, which follow from the config's run settings.
@@ -60,12 +63,14 @@ def sweep(
     grid: dict[str, list] | None = None,
     base: dict | None = None,
     out: str | None = None,
-    deployment: str = TRIAL_DEPLOYMENT,
+    deployment: str | None = TRIAL_DEPLOYMENT,
     trial_timeout_s: float | None = None,
     poll_interval_s: float = 10.0,
 ) -> dict:
     """Run every trial (explicit `trials`, then the combinations of `grid`,
-    each on top of `base`) as a run of `deployment`, concurrently; compare them.
+    each on top of `base`) as a run of `deployment`, concurrently, or with
+    `deployment` None in this process, one after another, each a subflow
+    run of full_run; compare them.
     Returns the sweep folder, the paths of sweep.csv and sweep.png, and the rows."""
     keep_signals_in_flow()
     planned = [with_absolute_paths(params) for params in expand_trials(trials, grid, base)]
@@ -77,18 +82,37 @@ def sweep(
     claim_sweep_folder(sweep_dir)  # before any trial starts: never into a folder that is not a sweep's
     launched = [{**params, "out": params.get("out") or str(sweep_dir / f"trial-{index:02d}")}
                 for index, params in enumerate(planned, start=1)]
-    futures = [
-        run_trial.submit(deployment, index, params, trial_timeout_s, poll_interval_s,
-                         run_name=f"{flow_run.get_name()}-trial-{index:02d}",
-                         idempotency_key=f"{flow_run.get_id()}-trial-{index}")
-        for index, params in enumerate(launched, start=1)
-    ]
-    rows = [future.result() for future in futures]
+    if deployment is None:
+        rows = [run_trial_here(index, params, f"{flow_run.get_name()}-trial-{index:02d}")
+                for index, params in enumerate(launched, start=1)]
+    else:
+        futures = [
+            run_trial.submit(deployment, index, params, trial_timeout_s, poll_interval_s,
+                             run_name=f"{flow_run.get_name()}-trial-{index:02d}",
+                             idempotency_key=f"{flow_run.get_id()}-trial-{index}")
+            for index, params in enumerate(launched, start=1)
+        ]
+        rows = [future.result() for future in futures]
     paths = write_sweep_report(str(sweep_dir), rows, param_keys(planned), varying_keys(planned))
     failed = [row for row in rows if row["state"] != "Completed"]
     if len(failed) == len(rows):
         raise RuntimeError(f"all {len(rows)} trials failed; see {paths['sweep.csv']} (first error: {failed[0]['error']})")
     return {"sweep_dir": str(sweep_dir), **paths, "failed": len(failed), "trials": rows}
+
+
+def run_trial_here(index: int, params: dict, run_name: str) -> dict:
+    """One trial in this process: a subflow run of full_run (its own flow
+    run, state and logs, as on a worker), and its row of the sweep table
+    (failures included, never raised)."""
+    from prefect import get_run_logger
+    from prefect.client.orchestration import get_client
+
+    from flows.full_run import full_run  # here: a sweep on workers never imports the training flow
+
+    state = full_run.with_options(flow_run_name=run_name)(**params, return_state=True)
+    with get_client(sync_client=True) as client:
+        trial_run = client.read_flow_run(state.state_details.flow_run_id)
+    return trial_row(index, params, trial_run, None, get_run_logger())
 
 
 def _value(key: str, text: str):
@@ -114,7 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="a full_run parameter shared by every trial")
     p.add_argument("--out", metavar="DIR", type=absolute_path, help="sweep folder (default: <runs root>/sweeps/sweep-<id>)")
-    p.add_argument("--deployment", default=TRIAL_DEPLOYMENT, help=f"deployment each trial runs (default: {TRIAL_DEPLOYMENT})")
+    p.add_argument("--deployment", help=f"deployment each trial runs on a server's workers (default: {TRIAL_DEPLOYMENT}; "
+                                        "without PREFECT_API_URL the trials run here, one after another)")
     p.add_argument("--trial-timeout", type=float, metavar="SECONDS", help="give up waiting on a trial after this long")
     return p.parse_args(argv)
 
@@ -130,23 +155,29 @@ def main(argv: list[str] | None = None) -> int:
         unknown = sorted(set(spec) - {"trials", "grid", "base", "out"})
         if unknown:
             raise ConfigError(f"{args.file}: unknown key {unknown[0]!r}; use trials, grid, base, out")
-        if not PREFECT_API_URL.value():
-            raise ConfigError("a sweep runs its trials on a work pool of a Prefect server; set PREFECT_API_URL "
-                              "(see docs/operations.md, \"Run on several GPU machines\")")
+        if not PREFECT_API_URL.value() and args.deployment:
+            raise ConfigError(f"--deployment {args.deployment}: a deployment runs on a Prefect server's workers; "
+                              "set PREFECT_API_URL (see docs/operations.md, \"Run on several GPU machines\"), "
+                              "or leave --deployment out to run the trials here, one after another")
+        # No server named: this machine runs the trials itself, under the temporary server.
+        deployment = (args.deployment or TRIAL_DEPLOYMENT) if PREFECT_API_URL.value() else None
         grid = {**(spec.get("grid") or {}), **{k: [_value(k, v) for v in values.split(",")] for k, values in args.grid}}
         base = {**(spec.get("base") or {}), **{k: _value(k, v) for k, v in args.set}}
         request.update(trials=spec.get("trials"), grid=grid or None, base=base or None,
-                       out=args.out or spec.get("out"), deployment=args.deployment, trial_timeout_s=args.trial_timeout)
+                       out=args.out or spec.get("out"), deployment=deployment, trial_timeout_s=args.trial_timeout)
 
     def summary(result: dict) -> str:
         reports = ", ".join(result[name] for name in ("sweep.csv", "sweep_seeds.csv", "sweep.png") if name in result)
         return f"\n{len(result['trials']) - result['failed']} of {len(result['trials'])} trials completed\nreport: {reports}"
 
-    # The trials run on workers: a stopped sweep leaves those already started running there.
+    # On workers, a stopped sweep leaves the trials already started running there.
+    on_workers = bool(PREFECT_API_URL.value())
     return run_flow_command(
         lambda: sweep(**request), summary, before=read_request,
-        hint="trials already started go on on their workers; run the same command again "
-             "once they have ended, and finished trials are reused",
+        hint=("trials already started go on on their workers; run the same command again "
+              "once they have ended, and finished trials are reused") if on_workers else
+             ("run the same command again: finished trials are reused and the stopped one resumes "
+              "after its last complete epoch"),
         also_failures=(RuntimeError,),  # every trial failed; the report says why
     )
 

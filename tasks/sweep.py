@@ -32,14 +32,25 @@ def run_trial(deployment: str, index: int, params: dict, timeout_s: float | None
     """Start one run of `deployment` on whichever worker is free, wait for it,
     and return its row of the sweep table (failures included, never raised)."""
     logger = get_run_logger()
-    row = {"trial": index, "params": params, "run_dir": params["out"], "state": "NotStarted", "error": ""}
     try:
         flow_run = run_deployment(deployment, parameters=params, timeout=timeout_s, poll_interval=poll_interval_s,
                                   flow_run_name=run_name, idempotency_key=idempotency_key)
     except Exception as exc:  # noqa: BLE001 - no such deployment, server gone: the trial failed, the sweep goes on
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row = {**not_started_row(index, params), "error": f"{type(exc).__name__}: {exc}"}
         logger.error("trial %d could not be started: %s", index, row["error"])
         return row
+    return trial_row(index, params, flow_run, timeout_s, logger)
+
+
+def not_started_row(index: int, params: dict) -> dict:
+    return {"trial": index, "params": params, "run_dir": params["out"], "state": "NotStarted", "error": ""}
+
+
+def trial_row(index: int, params: dict, flow_run, timeout_s: float | None, logger) -> dict:
+    """The sweep table's row of a trial from its flow run (a deployment's run
+    on a worker, or a subflow run here): state, times, and the results its
+    run folder's accuracy.csv holds when it completed."""
+    row = not_started_row(index, params)
     state = flow_run.state
     row.update(state=state.name if state else "Unknown", flow_run_id=str(flow_run.id), flow_run_name=flow_run.name)
     if flow_run.start_time:

@@ -135,3 +135,36 @@ def test_a_run_trained_with_relative_paths_evaluates_from_any_working_folder_and
     assert code == 0, err[-3000:]
     assert pd.read_csv(moved / "accuracy.csv")["checkpoint"].tolist() == ["checkpoints/alexnet-01.pt"]
     assert "(`checkpoints/alexnet-01.pt`)" in (moved / "report.md").read_text()
+
+
+def test_a_sweep_without_a_server_runs_its_trials_here_one_after_another_and_resumes(prefect_storage, tmp_path):
+    """A sweep needed a server, a work pool, the deployments and a worker,
+    even for 2 seeds on one machine. Without one (deployment None, what
+    `python flows/sweep.py` picks when PREFECT_API_URL is unset) each trial
+    is a subflow run of full_run here: the same trial folders and sweep.csv,
+    and the same sweep again reuses the finished trials."""
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+
+    from flows.sweep import sweep
+
+    photos = make_image_folder(tmp_path / "photos")
+    base = {"dataset": "imagefolder", "data_dir": str(photos), "weights": "none", "epochs": 1, "batch_size": 9,
+            "image_size": 64, "device": "cpu"}
+    out = tmp_path / "sweep"
+    state = sweep(grid={"seed": [0, 1]}, base=base, out=str(out), deployment=None, return_state=True)
+    assert state.is_completed(), state.message
+    table = pd.read_csv(out / "sweep.csv")
+    assert table["state"].tolist() == ["Completed", "Completed"] and table["seed"].tolist() == [0, 1]
+    assert table["run_dir"].tolist() == [str(out / "trial-01"), str(out / "trial-02")]
+    assert all((out / f"trial-0{i}" / "report.md").is_file() for i in (1, 2))
+    with get_client(sync_client=True) as client:
+        trial_runs = [client.read_flow_run(run_id) for run_id in table["flow_run_id"]]
+        parents = {client.read_task_run(r.parent_task_run_id).flow_run_id for r in trial_runs}
+    assert parents == {state.state_details.flow_run_id}  # each trial a subflow run of this sweep
+    assert [r.name.rsplit("-", 2)[1:] for r in trial_runs] == [["trial", "01"], ["trial", "02"]]
+
+    again = sweep(grid={"seed": [0, 1]}, base=base, out=str(out), deployment=None)
+    assert [row["best_test_acc"] for row in again["trials"]] == table["best_test_acc"].tolist()
+    # Trained once: the second sweep's trials are cache hits (their recorded epoch times unchanged).
+    assert [row["train_seconds"] for row in again["trials"]] == table["train_seconds"].tolist()
