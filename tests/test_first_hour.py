@@ -168,3 +168,16 @@ def test_a_sweep_without_a_server_runs_its_trials_here_one_after_another_and_res
     assert [row["best_test_acc"] for row in again["trials"]] == table["best_test_acc"].tolist()
     # Trained once: the second sweep's trials are cache hits (their recorded epoch times unchanged).
     assert [row["train_seconds"] for row in again["trials"]] == table["train_seconds"].tolist()
+
+
+def test_the_sweep_command_without_a_server_runs_here_instead_of_asking_for_one(run_main):
+    """Without PREFECT_API_URL the command line went no further than "set
+    PREFECT_API_URL": now it goes on to Prefect (the temporary server), and
+    only a --deployment, which needs a server's workers, is refused."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code, err = run_main(["--grid", "seed=0,1", "--deployment", "full-run/on-demand"], command="sweep")
+        assert code == 2 and "error: --deployment full-run/on-demand: a deployment runs on a Prefect server's workers" in err
+        with pytest.raises(AssertionError, match="reached Prefect"):
+            run_main(["--grid", "seed=0,1"], command="sweep")
