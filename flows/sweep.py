@@ -1,6 +1,7 @@
-"""A hyperparameter sweep: every trial is its own run of the full_run
-deployment, so each lands on whichever worker of the work pool is free (one
-worker per GPU). Waits for all, then writes sweep.csv and sweep.png.
+"""A hyperparameter sweep: every trial is its own flow run of full_run, on a
+server's workers (a run of the full_run deployment, on whichever worker of the
+work pool is free: one worker per GPU) or, without a server, here. Waits for
+all, then writes sweep.csv and sweep.png.
 
     python flows/sweep.py --set preset=smoke --grid lr=1e-4,3e-4 --grid seed=0,1
     python flows/sweep.py --file sweep.yaml        # keys: trials, grid, base, out
