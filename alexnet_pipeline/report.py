@@ -71,7 +71,8 @@ def shown_config(config: dict) -> tuple[dict, list[str]]:
     train, data = shown.get("train", {}), shown.get("data", {})
     if "lr" in train and train["lr"] is None and "batch_size" in train:
         weights = shown.get("model", {}).get("weights", "imagenet")
-        train["lr"] = default_lr(weights, train["batch_size"])
+        # Ten significant digits, as in the CSV files: 1.171875e-05, not 1.1718749999999999e-05.
+        train["lr"] = float(f"{default_lr(weights, train['batch_size']):.10g}")
         notes.append(f"train.lr was not set: {train['lr']:.3g} is the default for weights {markdown_code(weights)} "
                      f"at batch size {train['batch_size']}, the lr this run used.")
     if data.get("dataset") == "imagefolder":
