@@ -43,6 +43,32 @@ BUILDING_NAME = ".building"
 ABANDONED_AFTER_S = 600
 
 
+# An image folder is the user's own (photos, a labelled set others read): its
+# default cache goes to a folder of the pipeline's own, per user and per host
+# as the XDG base-directory convention has it ($XDG_CACHE_HOME, else
+# ~/.cache), on a local disk that training reads fast and that any cleaner of
+# caches may empty (entries are rebuilt by content). CIFAR-10's folder is the
+# pipeline's download folder: its cache stays beside the archive.
+CACHE_APP_NAME = "alexnet-pipeline"
+
+
+def user_cache_dir() -> Path:
+    """$XDG_CACHE_HOME/alexnet-pipeline, else ~/.cache/alexnet-pipeline (absolute)."""
+    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    return Path(os.path.abspath(os.path.expanduser(base))) / CACHE_APP_NAME
+
+
+def cache_root(dataset: str, data_dir: str | Path, cache_dir: str | Path | None) -> Path:
+    """Where the preprocessed entries of this data go: `cache_dir` when
+    given, else DATA_DIR/preprocessed for CIFAR-10 and the user cache folder
+    (user_cache_dir()/preprocessed) for an image folder."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if dataset == "cifar10":
+        return Path(data_dir).expanduser() / "preprocessed"
+    return user_cache_dir() / "preprocessed"
+
+
 def is_complete(dataset_dir: Path) -> bool:
     return (dataset_dir / META_NAME).is_file() and all((dataset_dir / f"{n}.npy").is_file() for n in ARRAY_NAMES)
 
@@ -217,7 +243,7 @@ def preprocess(data: DataConfig, image_size: int | None, source_dir: Path | None
     `source_dir` is the extracted CIFAR-10 batches folder for cifar10 (from
     download.ensure_cifar10) and ignored for image folders (data.data_dir)."""
     started = time.perf_counter()
-    cache_root = Path(data.cache_dir).expanduser() if data.cache_dir else Path(data.data_dir).expanduser() / "preprocessed"
+    root = cache_root(data.dataset, data.data_dir, data.cache_dir)
     if data.dataset == "cifar10":
         if source_dir is None:
             raise ValueError("cifar10 needs the extracted batches folder")
@@ -233,7 +259,7 @@ def preprocess(data: DataConfig, image_size: int | None, source_dir: Path | None
                   "skip_bad_images": data.skip_bad_images}
     key_text = json.dumps({"version": PREPROCESS_VERSION, "source": fingerprint, **params}, sort_keys=True)
     key = hashlib.sha256(key_text.encode()).hexdigest()[:16]
-    dataset_dir = cache_root / f"{params['dataset']}-{key}"
+    dataset_dir = root / f"{params['dataset']}-{key}"
     if is_complete(dataset_dir):
         problem = entry_problem(dataset_dir)
         if problem is None:

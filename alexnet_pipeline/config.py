@@ -65,6 +65,9 @@ def results_part(config: dict) -> dict:
         for key in fields:
             d.get(section, {}).pop(key, None)
     return d
+
+# Read only when downloading CIFAR-10: an image-folder run's report leaves them out.
+CIFAR10_ONLY_FIELDS = ("url", "md5", "verify")
 # Smallest input for which AlexNet's three max-pools still see a 3x3 map.
 MIN_ALEXNET_IMAGE_SIZE = 63
 # Bounds on a YAML file, checked before it is turned into objects: a config is
@@ -152,12 +155,31 @@ def _utf8(value: str) -> str:
     return value
 
 
+def absolute_path(value: str) -> str:
+    """A path as a user gave it (~ expanded), made absolute against the
+    current folder. Every path a user gives passes here once, before it
+    enters a config, a flow's parameters, a cache key or a record: a
+    relative one would mean another folder to every later reader (a run
+    evaluated from another working folder, a cache hit keyed on "data").
+    Empty stays empty (it means: not given)."""
+    return os.path.abspath(os.path.expanduser(value)) if value else value
+
+
+WEIGHTS_KEYWORDS = ("imagenet", "none")
+
+
+def _absolute_weights(value: str) -> str:
+    return value if value in WEIGHTS_KEYWORDS else absolute_path(value)
+
+
 # Strict: "3" is not 3 and true is not 1 (a YAML typo stays an error); the
 # same annotations type the flow's parameters, so Prefect is as strict.
 Integer = Annotated[int, Strict()]
 Number = Annotated[float, Strict(), BeforeValidator(_number), AllowInfNan(False)]
 Text = Annotated[str, Strict(), AfterValidator(_utf8)]
 Switch = Annotated[bool, Strict()]
+# A folder or file: made absolute when checked (see absolute_path).
+PathText = Annotated[Text, AfterValidator(absolute_path)]
 
 
 class _Section(BaseModel):
@@ -197,8 +219,8 @@ class DataConfig(_Section):
     dataset: Annotated[Literal["cifar10", "imagefolder"], Flag()] = Field(
         "cifar10", description="cifar10 (downloaded into --data-dir) or imagefolder "
                                "(DIR/train/<class>/*, DIR/test/<class>/*)")
-    data_dir: Annotated[Text, Flag(metavar="DIR")] = Field(
-        "data", description="CIFAR-10 download folder, or the image folder (train/ and test/)")
+    data_dir: Annotated[PathText, Flag(metavar="DIR")] = Field(
+        "data", validate_default=True, description="CIFAR-10 download folder, or the image folder (train/ and test/)")
     verify: Annotated[Switch, Flag("--no-verify", const=False,
                                    help="accept a CIFAR-10 archive whose MD5 differs from the official one")] = Field(
         True, description="check the CIFAR-10 archive's MD5; false accepts a modified copy")
@@ -208,8 +230,10 @@ class DataConfig(_Section):
                                                   "must be between 8 and 1024, got {value}")] = Field(
         None, ge=8, le=1024, description="side of the square uint8 images kept in the cache (image folders only); "
                                          "default: the image size, or the images' own size when that is smaller")
-    cache_dir: Annotated[Text | None, Flag(metavar="DIR")] = Field(
-        None, description="where preprocessed arrays go (default: DATA_DIR/preprocessed)")
+    cache_dir: Annotated[PathText | None, Flag(metavar="DIR")] = Field(
+        None, description="where preprocessed arrays go (default: DATA_DIR/preprocessed for CIFAR-10; for an "
+                          "image folder, $XDG_CACHE_HOME/alexnet-pipeline/preprocessed, else "
+                          "~/.cache/alexnet-pipeline/preprocessed: never inside the images' folder)")
     skip_bad_images: Annotated[Switch, Flag(const=True)] = Field(
         False, description="leave out image files that cannot be decoded (listed in the report)")
     url: Text = Field(CIFAR10_URL, description="where the CIFAR-10 archive is downloaded from")
@@ -225,7 +249,7 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    weights: Annotated[Text, Flag(metavar="imagenet|none|PATH"),
+    weights: Annotated[Text, AfterValidator(_absolute_weights), Flag(metavar="imagenet|none|PATH"),
                        Limits(below="must be 'imagenet', 'none' or a path")] = Field(
         "imagenet", min_length=1, description="starting weights: imagenet (torchvision IMAGENET1K_V1), none "
                                               "(random init) or the path of a torchvision-format state_dict")
@@ -273,19 +297,22 @@ class TrainConfig(_Section):
         return self
 
     def resolved_lr(self, weights: str) -> float:
-        if self.lr is not None:
-            return self.lr
-        # Fine-tuning pretrained features wants a smaller step than training
-        # from scratch; both are per 256 images and scale linearly.
-        base = 3e-4 if weights == "none" else 1e-4
-        return base * self.batch_size / 256
+        return self.lr if self.lr is not None else default_lr(weights, self.batch_size)
+
+
+def default_lr(weights: str, batch_size: int) -> float:
+    """The lr of a run that sets none. Fine-tuning pretrained features wants
+    a smaller step than training from scratch; both are per 256 images and
+    scale linearly."""
+    base = 3e-4 if weights == "none" else 1e-4
+    return base * batch_size / 256
 
 
 class PipelineConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    out: Annotated[Text | None, Flag(metavar="DIR")] = Field(
+    out: Annotated[PathText | None, Flag(metavar="DIR")] = Field(
         None, description="run folder (default: <runs root>/<name derived from the config>)")
 
     @model_validator(mode="after")
@@ -307,7 +334,7 @@ class PipelineConfig(_Section):
         # A weights file counts by its content: the same path holding other
         # weights is another run, not a cache hit.
         weights = Path(self.model.weights).expanduser()
-        if self.model.weights not in ("imagenet", "none") and weights.is_file():
+        if self.model.weights not in WEIGHTS_KEYWORDS and weights.is_file():
             from alexnet_pipeline.integrity import sha256_file
 
             d["model"]["weights_sha256"] = sha256_file(weights)
@@ -319,14 +346,15 @@ class PipelineConfig(_Section):
         always lands in the same folder (which is how a re-run resumes)."""
         if self.out:
             return Path(self.out).expanduser()
-        weights = self.model.weights if self.model.weights in ("imagenet", "none") else "custom"
+        weights = self.model.weights if self.model.weights in WEIGHTS_KEYWORDS else "custom"
         name = f"{self.data.dataset}-{weights}-e{self.train.epochs}-{self.fingerprint()}"
         return runs_root() / (f"{name}-{dataset_key[:6]}" if dataset_key else name)
 
 
 def runs_root() -> Path:
-    """Parent of the default run folders: $ALEXNET_PIPELINE_RUNS_ROOT, else ./runs."""
-    return Path(os.environ.get(RUNS_ROOT_ENV) or "runs").expanduser()
+    """Parent of the default run folders: $ALEXNET_PIPELINE_RUNS_ROOT, else
+    ./runs (absolute: a run folder's path is recorded)."""
+    return Path(absolute_path(os.environ.get(RUNS_ROOT_ENV) or "runs"))
 
 
 # --- the settings of one run: flags, flow parameters, sweep keys ---------------------
@@ -367,9 +395,19 @@ class RunOption:
         text = self.field.description
         return text + (f" (default: {self.field.default})" if self.field.default is not None else "")
 
+    @property
+    def absolute(self) -> typing.Callable[[str], str] | None:
+        """For a path setting (data_dir, cache_dir, weights, out): what makes
+        its value absolute (see absolute_path), for the command lines to
+        apply before a value becomes a flow parameter; else None."""
+        return next((rule for rule in _after_validators(self.value_type) if rule in _PATH_RULES), None)
+
     def parse(self, text: str) -> Any:
-        """A value written as text (`--set seed=1`), read as the field's type;
-        what does not read is passed on as text, for the check to name."""
+        """A value written as text (`--set seed=1`), read as the field's type
+        (a path made absolute); what does not read is passed on as text, for
+        the check to name."""
+        if self.absolute is not None:
+            return self.absolute(text)
         kind = base_type(self.field.annotation)
         if kind is bool and text.lower() in ("true", "false"):
             return text.lower() == "true"
@@ -379,6 +417,21 @@ class RunOption:
             except ValueError:
                 pass
         return text
+
+
+_PATH_RULES = (absolute_path, _absolute_weights)
+
+
+def _after_validators(annotation: Any) -> list:
+    """The functions of every AfterValidator in `annotation`, nested ones too."""
+    found = []
+    for arg in (typing.get_args(annotation) if typing.get_origin(annotation) in (Annotated, typing.Union, types.UnionType)
+                else ()):
+        if isinstance(arg, AfterValidator):
+            found.append(arg.func)
+        elif not isinstance(arg, (Flag, Limits)):
+            found += _after_validators(arg)
+    return found
 
 
 def _without_before_validators(annotation: Any) -> Any:

@@ -85,9 +85,14 @@ def preprocessed_entry(ckpt: dict) -> Path | None:
     data = (ckpt.get("config") or {}).get("data", {})
     if not ckpt.get("dataset_key") or not data.get("dataset"):
         return None
-    cache_root = Path(data["cache_dir"]) if data.get("cache_dir") else Path(data.get("data_dir", ".")) / "preprocessed"
-    entry = cache_root.expanduser() / f"{data['dataset']}-{ckpt['dataset_key']}"
-    return entry if (entry / "meta.json").is_file() else None
+    from alexnet_pipeline.cache import cache_root
+
+    name = f"{data['dataset']}-{ckpt['dataset_key']}"
+    # Where the cache is now, then inside the image folder, where runs before
+    # the user cache folder put it.
+    roots = [cache_root(data["dataset"], data.get("data_dir", "."), data.get("cache_dir")),
+             Path(data.get("data_dir", ".")).expanduser() / "preprocessed"]
+    return next((root / name for root in roots if (root / name / "meta.json").is_file()), None)
 
 
 def image_files(inputs: Iterable[str | Path]) -> list[Path]:

@@ -3,6 +3,7 @@ so a wrong path or an unusable folder is reported at once."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,30 @@ def cpu_training_warning(cfg: PipelineConfig, train_images: int) -> str | None:
             f"{_duration(epoch_s)} per epoch on this CPU ({_duration(epoch_s * t.epochs)} for {t.epochs} epochs; "
             "estimated from one training step here). For a short demonstration: --preset smoke; or fewer and "
             "smaller images: --subset 1000 --image-size 64. Ctrl-C stops it; the same command resumes.")
+
+
+# Fewer optimizer steps than this per epoch and the schedule (warm-up, cosine
+# decay) has almost nothing to work with: a small image folder at the default
+# batch size of 256 learns next to nothing, with no other sign of why.
+MIN_STEPS_PER_EPOCH = 10
+
+
+def few_steps_warning(t: TrainConfig, train_images: int) -> str | None:
+    """A run whose epochs hold fewer than MIN_STEPS_PER_EPOCH optimizer steps
+    says so, with the largest power-of-two batch size that gives enough; else None."""
+    steps = math.ceil(train_images / t.batch_size)
+    if steps >= MIN_STEPS_PER_EPOCH:
+        return None
+    images = f"{train_images:,} training image{'s' if train_images != 1 else ''}"
+    message = (f"{images} at batch size {t.batch_size} make {steps} optimizer step{'s' if steps != 1 else ''} "
+               "per epoch, too few to learn much")
+    smaller = 1 << (t.batch_size.bit_length() - 1)  # the largest power of two up to the batch size
+    while smaller > 1 and math.ceil(train_images / smaller) < MIN_STEPS_PER_EPOCH:
+        smaller //= 2
+    if smaller < t.batch_size and math.ceil(train_images / smaller) >= MIN_STEPS_PER_EPOCH:
+        return message + (f"; pass --batch-size {smaller} ({math.ceil(train_images / smaller)} steps; "
+                          "the default lr scales with it)")
+    return message + f"; even batch size 1 makes only {train_images}: more images, or more epochs, would help"
 
 
 def _duration(seconds: float) -> str:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import platform
+from pathlib import Path
 
 import pandas as pd
 
+from alexnet_pipeline.config import CIFAR10_ONLY_FIELDS, default_lr
 from alexnet_pipeline.escape import markdown_code, markdown_code_block, markdown_text, plot_text
 from alexnet_pipeline.record import select_epoch, uses_validation
 
@@ -31,6 +33,39 @@ def epoch_table(rows: list[dict]) -> pd.DataFrame:
     table = pd.DataFrame([{"evaluated": "now", **row} for row in rows], columns=COLUMNS)
     table[["val_loss", "val_acc"]] = table[["val_loss", "val_acc"]].astype(float)
     return table.sort_values("epoch").reset_index(drop=True)
+
+
+# The one rule for numbers in this pipeline's CSV files (accuracy.csv,
+# sweep.csv): accuracies are fractions (0.891, not 89.1; the report and the
+# command line show percent), and every float is written with ten significant
+# digits: more than any accuracy, loss or time here means, few enough that
+# binary leftovers (0.41000000000000003) do not show.
+CSV_FLOAT_FORMAT = "%.10g"
+
+
+def accuracy_csv(df: pd.DataFrame) -> str:
+    """accuracy.csv's text from the per-epoch table (see CSV_FLOAT_FORMAT)."""
+    return df.to_csv(index=False, float_format=CSV_FLOAT_FORMAT)
+
+
+def shown_config(config: dict) -> tuple[dict, list[str]]:
+    """The config as report.md shows it, and what the reader must know about
+    it (markdown): the lr actually used where none was set (the default is chosen from
+    the weights and the batch size), and no CIFAR-10 download settings in a
+    run on an image folder (they were not used)."""
+    shown = json.loads(json.dumps(config))
+    notes = []
+    train, data = shown.get("train", {}), shown.get("data", {})
+    if "lr" in train and train["lr"] is None and "batch_size" in train:
+        weights = shown.get("model", {}).get("weights", "imagenet")
+        # Ten significant digits, as in the CSV files: 1.171875e-05, not 1.1718749999999999e-05.
+        train["lr"] = float(f"{default_lr(weights, train['batch_size']):.10g}")
+        notes.append(f"train.lr was not set: {train['lr']:.3g} is the default for weights {markdown_code(weights)} "
+                     f"at batch size {train['batch_size']}, the lr this run used.")
+    if data.get("dataset") == "imagefolder":
+        for key in CIFAR10_ONLY_FIELDS:
+            data.pop(key, None)
+    return shown, notes
 
 
 def best_row(df: pd.DataFrame) -> pd.Series:
@@ -399,7 +434,8 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
         "",
         "Train loss and accuracy are measured on the augmented training batches as they were trained"
         + (f" (loss with label smoothing {smoothing:g})" if smoothing else "")
-        + "; validation and test loss are plain cross-entropy."
+        + "; validation and test loss are plain cross-entropy. accuracy.csv holds the same numbers, "
+        "accuracies as fractions of 1 (0.5 for 50.0%)."
         + (" Rows marked (recorded) are from the run record: their checkpoints are no longer on disk."
            if (df["evaluated"] == "recorded").any() else ""),
         "",
@@ -428,7 +464,9 @@ def report_markdown(df: pd.DataFrame, best_result: dict, class_names: list[str],
     ]
     if skipped_files:
         lines += ["## Skipped image files (--skip-bad-images)", ""] + [f"- {markdown_code(f)}" for f in skipped_files] + [""]
-    lines += ["## Configuration", "", markdown_code_block(json.dumps(config, indent=2), "json"), ""]
+    shown, notes = shown_config(config)
+    lines += ["## Configuration", "", *notes, *([""] if notes else []),
+              markdown_code_block(json.dumps(shown, indent=2), "json"), ""]
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from alexnet_pipeline.config import RUN_OPTIONS, absolute_path
 from alexnet_pipeline.errors import ConfigError
 from alexnet_pipeline.escape import plot_text
 from alexnet_pipeline.report import best_row, selected_on
@@ -44,6 +45,18 @@ def expand_trials(trials: list[dict] | None = None, grid: dict[str, list] | None
     if not planned:
         raise ConfigError("sweep: no trials; give trials (a list of parameter sets) and/or grid (parameter -> values)")
     return [{**(base or {}), **trial} for trial in planned]
+
+
+def with_absolute_paths(trial: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters with its paths (config_file and the path
+    settings: data_dir, cache_dir, weights, out) made absolute against this
+    folder, as the trial's own command line would: a trial runs on a worker
+    whose working folder is another."""
+    def absolute(key: str, value: Any) -> Any:
+        rule = absolute_path if key == "config_file" else getattr(RUN_OPTIONS.get(key), "absolute", None)
+        return rule(value) if rule is not None and isinstance(value, str) else value
+
+    return {key: absolute(key, value) for key, value in trial.items()}
 
 
 def param_keys(trials: list[dict]) -> list[str]:

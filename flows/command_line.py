@@ -19,6 +19,8 @@ from flows.prefect_server import check_result_storage, prefect_server, start_ear
 
 
 def _argparse_type(option: RunOption) -> dict[str, Any]:
+    if option.absolute is not None:  # a path: absolute before it becomes a flow parameter
+        return {"type": option.absolute}
     kind = base_type(option.field.annotation)
     if typing.get_origin(kind) is Literal:
         return {"choices": list(typing.get_args(kind))}

@@ -28,7 +28,7 @@ from functools import partial
 from pathlib import Path
 
 # Light imports only above the flow below: --help and a refusal answer at once.
-from alexnet_pipeline.config import RUN_OPTIONS
+from alexnet_pipeline.config import RUN_OPTIONS, absolute_path
 from flows.command_line import add_run_flags, run_flow_command
 
 # Where the data is and which device to use on this machine: the run
@@ -44,7 +44,7 @@ DataDir, CacheDir, Device = (RUN_OPTIONS[name].value_type for name in ("data_dir
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run_dir", nargs="?", help=LOCAL_HELP["run_dir"])
+    p.add_argument("run_dir", nargs="?", type=absolute_path, help=LOCAL_HELP["run_dir"])
     add_run_flags(p, ["data_dir", "cache_dir", "device"], help=LOCAL_HELP)
     return p.parse_args(argv)
 

@@ -29,7 +29,7 @@ from typing import Any
 
 # Light imports only above the flow below (no torch, Prefect, pandas or
 # matplotlib): `--help` and every refusal that needs no data answer in under a second.
-from alexnet_pipeline.config import PipelineConfig, preset_names, resolve_run
+from alexnet_pipeline.config import PipelineConfig, absolute_path, preset_names, resolve_run
 from alexnet_pipeline.lock import check_not_locked
 from flows.command_line import add_run_flags, run_flow_command
 
@@ -60,7 +60,7 @@ def config_for(preset: str, config_file: str | None, **settings: Any) -> Pipelin
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="default", choices=preset_names(), help=f"{PRESET_HELP} (default: default)")
-    p.add_argument("--config", dest="config_file", metavar="FILE", help=CONFIG_FILE_HELP)
+    p.add_argument("--config", dest="config_file", metavar="FILE", type=absolute_path, help=CONFIG_FILE_HELP)
     add_run_flags(p)
     return p.parse_args(argv)
 
@@ -73,13 +73,15 @@ def main(argv: list[str] | None = None) -> int:
     def check_before_prefect_starts() -> None:
         # Everything that can be checked cheaply is checked before Prefect starts.
         cfg = config_for(preset, config_file, **settings)
-        from alexnet_pipeline.preflight import check_inputs, cpu_training_warning  # numpy: not for --help
+        from alexnet_pipeline.preflight import check_inputs, cpu_training_warning, few_steps_warning  # numpy: not for --help
 
         train_images = check_inputs(cfg)
         if cfg.out:  # a default run folder is known only once the data are hashed
             check_not_locked(cfg.run_dir())
-        if warning := cpu_training_warning(cfg, train_images):  # after the refusals: it times a training step
-            print(f"warning: {warning}", file=sys.stderr, flush=True)
+        # After the refusals: the CPU warning times a training step.
+        for warning in (few_steps_warning(cfg.train, train_images), cpu_training_warning(cfg, train_images)):
+            if warning:
+                print(f"warning: {warning}", file=sys.stderr, flush=True)
 
     return run_flow_command(
         lambda: _flow_module().full_run(preset=preset, config_file=config_file, **settings),

@@ -129,6 +129,12 @@ def hint() -> str:
     return _State.hint
 
 
+def set_hint(text: str) -> None:
+    """What the interrupted: line says to do, once a command knows better
+    than when it installed the handlers (a sweep: where its trials run)."""
+    _State.hint = text
+
+
 def _read_signals() -> None:
     read_end = _State.wakeup[0]
     while True:

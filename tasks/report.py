@@ -14,6 +14,7 @@ from alexnet_pipeline.ownership import REPORT_FILES
 from alexnet_pipeline.report import (
     REPORT_IMAGES,
     REPORT_VERSION,
+    accuracy_csv,
     accuracy_figure,
     best_row,
     confusion_figure,
@@ -62,7 +63,7 @@ def write_report(run_dir: str, rows: list[dict], best_result: dict, class_names:
                                                  f"Confusion matrix, selected epoch ({best_epoch})")),
     }
     report_args = (df, best_result, class_names, config, env, measurements, skipped_files)
-    atomic_write_text(out / "accuracy.csv", df.to_csv(index=False))
+    atomic_write_text(out / "accuracy.csv", accuracy_csv(df))
     for name, data in pngs.items():
         _write_bytes(out / REPORT_IMAGES[name], data)
     faults.crash_point("report")

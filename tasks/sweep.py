@@ -14,6 +14,7 @@ from prefect.exceptions import ObjectNotFound
 
 from alexnet_pipeline.escape import markdown_code
 from alexnet_pipeline.files import atomic_path, atomic_write_text
+from alexnet_pipeline.report import CSV_FLOAT_FORMAT
 from alexnet_pipeline.sweep import (
     accuracy_curve,
     classes_of_run,
@@ -36,16 +37,27 @@ def run_trial(deployment: str, index: int, params: dict, timeout_s: float | None
     """Start one run of `deployment` on whichever worker is free, wait for it,
     and return its row of the sweep table (failures included, never raised)."""
     logger = get_run_logger()
-    row = {"trial": index, "params": params, "run_dir": params["out"], "state": "NotStarted", "error": ""}
     try:
         flow_run = run_deployment(deployment, parameters=params, timeout=timeout_s, poll_interval=poll_interval_s,
                                   flow_run_name=run_name, idempotency_key=idempotency_key)
     except Exception as exc:  # noqa: BLE001 - no such deployment, server gone: the trial failed, the sweep goes on
-        row["error"] = f"{type(exc).__name__}: {exc}"
+        row = {**not_started_row(index, params), "error": f"{type(exc).__name__}: {exc}"}
         # No such deployment, no server: the user's to fix, one line. Anything else is a bug: its traceback too.
         logger.error("trial %d could not be started: %s", index, row["error"],
                      exc_info=not isinstance(exc, (ObjectNotFound, httpx.HTTPError)))
         return row
+    return trial_row(index, params, flow_run, timeout_s, logger)
+
+
+def not_started_row(index: int, params: dict) -> dict:
+    return {"trial": index, "params": params, "run_dir": params["out"], "state": "NotStarted", "error": ""}
+
+
+def trial_row(index: int, params: dict, flow_run, timeout_s: float | None, logger) -> dict:
+    """The sweep table's row of a trial from its flow run (a deployment's run
+    on a worker, or a subflow run here): state, times, and the results its
+    run folder's accuracy.csv holds when it completed."""
+    row = not_started_row(index, params)
     state = flow_run.state
     row.update(state=state.name if state else "Unknown", flow_run_id=str(flow_run.id), flow_run_name=flow_run.name)
     if flow_run.start_time:
@@ -77,7 +89,7 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     table = sweep_table(rows, keys)
     curves = {f"{row['trial']}: {trial_label(row['params'], label_keys)}": accuracy_curve(row["run_dir"])
               for row in rows if row["state"] == "Completed"}
-    atomic_write_text(out / "sweep.csv", table.to_csv(index=False))
+    atomic_write_text(out / "sweep.csv", table.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
     paths = {"sweep.csv": str(out / "sweep.csv"), "sweep.png": str(out / "sweep.png")}
     # Trials that differ only by seed: their spread is what tells whether a
     # difference between settings means anything.
@@ -86,7 +98,7 @@ def write_sweep_report(sweep_dir: str, rows: list[dict], keys: list[str], label_
     num_classes = next((n for row in rows if row["state"] == "Completed" and (n := classes_of_run(row["run_dir"]))), None)
     if groups:
         seeds = seed_summary(groups)
-        atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False))
+        atomic_write_text(out / "sweep_seeds.csv", seeds.to_csv(index=False, float_format=CSV_FLOAT_FORMAT))
         paths["sweep_seeds.csv"] = str(out / "sweep_seeds.csv")
         fig = seed_band_figure({label: [accuracy_curve(m["run_dir"]) for m in members]
                                 for label, members in groups.items()}, num_classes)

@@ -4,6 +4,7 @@ entries never leak between tests (the harness isolates only the database)."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import logging
@@ -24,6 +25,21 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 from tests.fixtures import make_cifar_archive, make_fake_weights, make_image_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+# The pipeline's own cache folder (image folders' preprocessed data) is the
+# test session's, never the user's ~/.cache: set before any fixture, module-
+# scoped ones included, preprocesses; child processes inherit it.
+_SESSION_CACHE = tempfile.mkdtemp(prefix="alexnet-pipeline-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
+
+
+@pytest.fixture
+def user_cache_dir(tmp_path, monkeypatch) -> Path:
+    """A test's own pipeline cache folder, for tests that look inside it."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    return tmp_path / "xdg-cache" / "alexnet-pipeline"
 
 
 @pytest.fixture(autouse=True)

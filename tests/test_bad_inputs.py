@@ -254,7 +254,7 @@ def test_corrupt_and_empty_images_are_listed(tmp_path, image_folder, cli_prefect
 
 
 @pytest.mark.slow
-def test_odd_images_are_converted_and_bad_ones_skipped_with_the_flag(tmp_path, image_folder):
+def test_odd_images_are_converted_and_bad_ones_skipped_with_the_flag(tmp_path, image_folder, user_cache_dir):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -276,7 +276,7 @@ def test_odd_images_are_converted_and_bad_ones_skipped_with_the_flag(tmp_path, i
     skipped = report.split("## Skipped image files", 1)[1].split("\n## ", 1)[0]
     assert all(str(path) in skipped for path in bad)
     assert "notes.txt" not in report and ".DS_Store" not in report
-    (dataset_dir,) = (image_folder / "preprocessed").iterdir()
+    (dataset_dir,) = (user_cache_dir / "preprocessed").iterdir()
     meta = read_meta(dataset_dir)
     # Train: 18 generated + gray, RGBA, 16-bit and huge (corrupt.jpg left out);
     # test: 9 (empty.png left out). Stored at 64, the image size: the huge

@@ -78,7 +78,7 @@ def test_run_folder_follows_from_the_config(monkeypatch, tmp_path):
     d = resolve_config("smoke", overrides={"train.seed": 1})
     # Same results -> same folder, so re-running a command resumes it.
     assert a.run_dir() == b.run_dir()
-    assert a.run_dir().parts[0] == "runs"
+    assert a.run_dir().parent == Path.cwd() / "runs"  # absolute: the folder is recorded
     assert len({a.run_dir(), c.run_dir(), d.run_dir()}) == 3
     assert resolve_config("smoke", overrides={"out": str(tmp_path / "x")}).run_dir() == tmp_path / "x"
     # The data's content key, when known, is part of the default name.
@@ -502,5 +502,5 @@ def test_sweep_command_line_values_take_the_type_of_their_setting():
     from flows.sweep import _value
 
     assert _value("lr", "1e-4") == 1e-4 and _value("seed", "3") == 3 and _value("skip_bad_images", "true") is True
-    assert _value("data_dir", "2024") == "2024" and _value("weights", "none") == "none"
+    assert _value("data_dir", "2024") == str(Path.cwd() / "2024") and _value("weights", "none") == "none"
     assert _value("preset", "smoke") == "smoke" and _value("config_file", "2024") == "2024"

@@ -207,14 +207,16 @@ def test_deploy_schedule_and_sweep_across_two_workers(server, cifar_data_dir):
     server.processes.start("control", [*PREFECT, "worker", "start", "--pool", POOL, "--name", "control",
                                        "--work-queue", "control"])
 
-    # The nightly schedule is registered with the declared cron and time zone.
+    # The nightly schedule is registered with the declared cron and time zone,
+    # inactive (as the weekly evaluation's): deploying starts nothing by itself.
     declared = {d["name"]: d for d in yaml.safe_load(PREFECT_FILE.read_text())["deployments"]}
     nightly = server.api("GET", "/deployments/name/full-run/full-run-nightly")
     schedule = nightly["schedules"][0]["schedule"]
     assert (schedule["cron"], schedule["timezone"]) == (declared["full-run-nightly"]["schedules"][0]["cron"],
                                                         declared["full-run-nightly"]["schedules"][0]["timezone"])
-    assert nightly["schedules"][0]["active"] and nightly["work_pool_name"] == POOL
-    assert server.api("GET", "/deployments/name/evaluate-latest/evaluate-latest")["schedules"]
+    assert not nightly["schedules"][0]["active"] and nightly["work_pool_name"] == POOL
+    weekly = server.api("GET", "/deployments/name/evaluate-latest/evaluate-latest")["schedules"]
+    assert weekly and not weekly[0]["active"]
     assert not server.api("GET", "/deployments/name/sweep/sweep")["schedules"]
 
     # The flow's parameters are typed from the config's fields: the server

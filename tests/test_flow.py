@@ -195,7 +195,7 @@ def test_pipeline_error_fails_the_flow_with_its_message(prefect_storage, cifar_d
     assert not any("Traceback" in line for line in collect.lines)
 
 
-def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
+def test_image_folder_flow(prefect_storage, image_folder, tmp_path, user_cache_dir):
     from flows.full_run import full_run
 
     out = tmp_path / "run"
@@ -209,8 +209,10 @@ def test_image_folder_flow(prefect_storage, image_folder, tmp_path):
     for name in ("cat", "dog", "ship"):
         assert f"| {name} |" in report
     assert (out / "confusion.png").is_file() and (out / "checkpoints" / "alexnet-01.pt").is_file()
-    assert (image_folder / "preprocessed").is_dir()  # the cache sits next to the images by default
-    # ... and writing it there does not make the next run's preprocessing a miss.
+    # Nothing is written into the user's image folder: the cache is the pipeline's own.
+    assert sorted(p.name for p in image_folder.iterdir()) == ["test", "train"]
+    assert [p.name.split("-")[0] for p in (user_cache_dir / "preprocessed").iterdir()] == ["imagefolder"]
+    # ... and the next run's preprocessing is a cache hit.
     again = full_run(dataset="imagefolder", data_dir=str(image_folder), weights="none", epochs=1, batch_size=9,
                      image_size=64, device="cpu", seed=0, out=str(out), return_state=True)
     assert task_states(again, expected=3) == sorted(

@@ -108,7 +108,7 @@ def test_check_not_locked_creates_nothing(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_second_run_into_the_same_folder(tmp_path, holder, image_folder):
+def test_cli_refuses_a_second_run_into_the_same_folder(tmp_path, holder, image_folder, user_cache_dir):
     run_dir = tmp_path / "run"
     holder(run_dir)
     before = sorted(p.name for p in run_dir.iterdir())
@@ -121,7 +121,7 @@ def test_cli_refuses_a_second_run_into_the_same_folder(tmp_path, holder, image_f
     assert "error: another run is already writing to" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert sorted(p.name for p in run_dir.iterdir()) == before
-    assert not (image_folder / "preprocessed").exists()
+    assert not user_cache_dir.exists() and not (image_folder / "preprocessed").exists()
 
 
 def test_flow_takes_the_lock_itself(tmp_path, holder, image_folder, prefect_storage):

@@ -269,7 +269,7 @@ CLI_ARGS = ["--dataset", "imagefolder", "--weights", "none", "--epochs", "1", "-
 
 
 @pytest.mark.slow
-def test_cli_refuses_a_folder_it_did_not_make_before_any_work(tmp_path, image_folder):
+def test_cli_refuses_a_folder_it_did_not_make_before_any_work(tmp_path, image_folder, user_cache_dir):
     """A real process: the exit-2 smoke test of the command line (refused
     before Prefect starts, no traceback)."""
     folder = make_files(tmp_path / "mine", {"accuracy.csv": "mine\n", "report.md": "# mine\n", LOCK_NAME: "x"})
@@ -279,10 +279,10 @@ def test_cli_refuses_a_folder_it_did_not_make_before_any_work(tmp_path, image_fo
     assert "Traceback" not in proc.stderr
     assert "error: out: " in proc.stderr and f"no {RUN_MARKER}" in proc.stderr
     assert snapshot(folder) == before
-    assert not (image_folder / "preprocessed").exists()  # refused before any work started
+    assert not user_cache_dir.exists() and not (image_folder / "preprocessed").exists()  # refused before any work started
 
 
-def test_cli_refuses_the_home_folder_before_any_work(tmp_path, image_folder, monkeypatch, run_main):
+def test_cli_refuses_the_home_folder_before_any_work(tmp_path, image_folder, monkeypatch, run_main, user_cache_dir):
     folder = make_files(tmp_path / "mine", {"accuracy.csv": "mine\n", "report.md": "# mine\n", LOCK_NAME: "x"})
     before = snapshot(folder)
     monkeypatch.setenv("HOME", str(folder))
@@ -291,4 +291,4 @@ def test_cli_refuses_the_home_folder_before_any_work(tmp_path, image_folder, mon
     assert "Traceback" not in stderr
     assert "error: out: " in stderr and "your home folder" in stderr
     assert snapshot(folder) == before
-    assert not (image_folder / "preprocessed").exists()  # refused before any work started
+    assert not user_cache_dir.exists() and not (image_folder / "preprocessed").exists()  # refused before any work started
