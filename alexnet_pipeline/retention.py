@@ -78,9 +78,10 @@ class EpochBook:
     def finish(self) -> None:
         """Every epoch trained and evaluated: say so in the record, then drop
         the resume state (456 MB for AlexNet), which nothing needs any more."""
-        self.record.finished = True
-        self.record.save(self.run_dir)
-        faults.crash_point("finish")
+        if not self.record.finished:
+            self.record.finished = True
+            self.record.save(self.run_dir)
+            faults.crash_point("finish")
         for name in (ckpt_io.RESUME_NAME, ckpt_io.PENDING_RESUME_NAME):
             (self.checkpoint_dir / name).unlink(missing_ok=True)
 

@@ -105,6 +105,7 @@ def train_run(
         # still there (pruned, or deleted by hand). Nothing to train.
         claim_run_folder(run_dir, RunIdentity(cfg.to_dict(), dataset_key, fingerprint))
         log.info("%s has finished all %d epochs (its %s); nothing to train", run_dir, t.epochs, RECORD_NAME)
+        EpochBook(cfg, dataset_dir, run_dir, record).finish()  # a run killed while finishing: done now
         return history_of(record, run_dir)
     arrays = load_arrays(dataset_dir)
     class_names = arrays.class_names

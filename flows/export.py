@@ -18,16 +18,18 @@ import argparse
 import sys
 from pathlib import Path
 
+from alexnet_pipeline.config import absolute_path
+
 FORMAT_SUFFIX = {"onnx": ".onnx", "safetensors": ".safetensors"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", help="run folder (its selected checkpoint) or checkpoint file")
+    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", type=absolute_path, help="run folder (its selected checkpoint) or checkpoint file")
     p.add_argument("--format", choices=list(FORMAT_SUFFIX), default="onnx", help="default: %(default)s")
     p.add_argument("--epoch", type=int, help="export this epoch's checkpoint of the run folder instead of the selected one")
-    p.add_argument("--out", help="the model file to write (default: RUN-eNN.onnx or .safetensors in the current folder)")
-    p.add_argument("--check-images", nargs="+", metavar="PATH",
+    p.add_argument("--out", type=absolute_path, help="the model file to write (default: RUN-eNN.onnx or .safetensors in the current folder)")
+    p.add_argument("--check-images", nargs="+", metavar="PATH", type=absolute_path,
                    help="image files or folders to check the export on (default: the run's cached test set)")
     p.add_argument("--check-count", type=int, default=256, help="images to check on (default: %(default)s)")
     return p.parse_args(argv)

@@ -26,6 +26,7 @@ from functools import partial
 from typing import Annotated
 
 # Light imports only above the flow below: --help and a refusal answer at once.
+from alexnet_pipeline.config import absolute_path
 from alexnet_pipeline.predict import DEFAULT_TOP_K
 from flows.command_line import run_flow_command
 
@@ -44,9 +45,9 @@ HELP = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", help=HELP["model"].split(";")[0])
-    p.add_argument("images", nargs="+", metavar="IMAGES", help=HELP["images"])
-    p.add_argument("--out", default="predictions.csv", help=HELP["out"] + " (default: %(default)s)")
+    p.add_argument("model", metavar="RUN_DIR_OR_CHECKPOINT", type=absolute_path, help=HELP["model"].split(";")[0])
+    p.add_argument("images", nargs="+", metavar="IMAGES", type=absolute_path, help=HELP["images"])
+    p.add_argument("--out", default="predictions.csv", type=absolute_path, help=HELP["out"] + " (default: %(default)s)")
     p.add_argument("--epoch", type=int, help=HELP["epoch"])
     p.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help=HELP["top_k"] + " (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help=HELP["batch_size"])

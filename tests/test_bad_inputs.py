@@ -321,7 +321,8 @@ def test_batch_larger_than_cifar_training_set(run_main, prefect_storage, tmp_pat
     without a run folder left behind (download and preprocess results stay,
     they are valid and cached)."""
     code, stderr = run_main(cifar_args(cifar_data_dir, "--no-verify", "--batch-size", "60"), prefect=True)
-    assert_refused(code, stderr, CONFIG_ERROR, "train.batch_size: 60 is larger than the 50 training images",
+    # 50 training images, 10 of them held out as the validation split.
+    assert_refused(code, stderr, CONFIG_ERROR, "train.batch_size: 60 is larger than the 40 training images",
                    "smaller --batch-size")
     # Prefect's own log is part of what was searched for a traceback.
     assert "Task run 'fine-tune" in stderr and "failed (ConfigError)" in stderr, stderr[-3000:]

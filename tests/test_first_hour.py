@@ -58,6 +58,7 @@ def test_report_shows_the_lr_used_no_cifar_settings_for_images_and_csv_numbers_a
     from prefect import flow
 
     from alexnet_pipeline.ownership import claim_sweep_folder
+    from alexnet_pipeline.record import row_of
     from alexnet_pipeline.report import environment
     from tasks.report import write_report
     from tasks.sweep import write_sweep_report
@@ -81,7 +82,8 @@ def test_report_shows_the_lr_used_no_cifar_settings_for_images_and_csv_numbers_a
 
     @flow
     def report_only():
-        write_report.fn(run_dir=str(run_dir), history=history, evaluations=evaluations, class_names=["a", "b"],
+        write_report.fn(run_dir=str(run_dir), rows=[row_of(history[0], {"test": evaluations[0]})],
+                        best_result=evaluations[0], class_names=["a", "b"],
                         config=config, env=environment("cpu"), measurements=measurements, skipped_files=[])
         return write_sweep_report.fn(str(sweep_dir), rows, ["lr"], ["lr"])
 

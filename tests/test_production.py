@@ -434,8 +434,11 @@ def test_many_runs_at_once_while_a_dead_host_is_detected(production):
     resumed = production.logs(rows.loc[1, "flow_run_id"])
     assert any(f"after epoch {last_complete} of 3" in line for line in resumed), "\n".join(resumed)
     now = _files(trial_dir / "checkpoints")
-    assert {k: now[k] for k in complete_at_kill} == complete_at_kill, "a complete epoch was trained again"
-    assert len(now) == 3 and len(pd.read_csv(trial_dir / "accuracy.csv")) == 3
+    # Retention keeps the selected and the last epoch's checkpoints; those
+    # complete at the kill and still kept were not written again.
+    kept_since = {k: v for k, v in now.items() if k in complete_at_kill}
+    assert kept_since == {k: complete_at_kill[k] for k in kept_since}, "a complete epoch was trained again"
+    assert "alexnet-03.pt" in now and len(now) <= 2 and len(pd.read_csv(trial_dir / "accuracy.csv")) == 3
     other_tasks = production.task_states(rows.loc[2, "flow_run_id"])
     assert [state for name, state in other_tasks.items() if name.startswith("fine-tune")] == ["Cached"], other_tasks
     assert _files(dying_dir / "trial-02" / "checkpoints") == other_checkpoints

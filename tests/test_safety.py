@@ -124,7 +124,9 @@ def test_written_files_follow_the_umask(umask_027, tmp_path, image_folder):
         lock_mode = mode(tmp_path / "run" / LOCK_NAME)
         save_epoch_checkpoint(checkpoint, new_alexnet(3).state_dict(), {"epoch": 1})
         atomic_write_text(tmp_path / "run" / "accuracy.csv", "epoch\n")
-    dataset_dir = preprocess(DataConfig(dataset="imagefolder", data_dir=str(image_folder)), 64, progress=False)
+    # Its own cache folder: the session's shared one may hold this entry, built under another umask.
+    dataset_dir = preprocess(DataConfig(dataset="imagefolder", data_dir=str(image_folder),
+                                        cache_dir=str(tmp_path / "cache")), 64, progress=False)
 
     # Not 0600 (mkstemp's default) and not 0644 (ignoring the umask).
     assert mode(checkpoint) == mode(tmp_path / "run" / "accuracy.csv") == lock_mode == 0o640

@@ -221,11 +221,11 @@ def linked_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_a_resume_state_with_the_old_rng_entry_is_still_read(trained, dataset_dir, tmp_path):
+def test_a_resume_state_with_the_old_rng_entry_is_still_read(trained, unfinished, dataset_dir, tmp_path):
     """resume.pt no longer holds RNG states (never restored: every epoch is
     reseeded from (seed, epoch)); one written before, with them, still resumes."""
-    cfg, run_dir, history = trained
-    copy = linked_copy(run_dir, tmp_path / "run")
+    cfg, _, history = trained
+    copy = linked_copy(unfinished[1], tmp_path / "run")
     path = copy / "checkpoints" / RESUME_NAME
     state = torch.load(path, weights_only=True)
     assert "rng" not in state
