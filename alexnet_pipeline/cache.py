@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 # Bump when the decoding or the stored layout changes: old entries are then ignored.
 PREPROCESS_VERSION = 1
 ARRAY_NAMES = ("train_images", "train_labels", "test_images", "test_labels")
+# An image folder's own val/ split, when it has one (meta.json's num_val says).
+VAL_ARRAY_NAMES = ("val_images", "val_labels")
 META_NAME = "meta.json"
 # Lock file inside a temporary entry folder while it is being built.
 BUILDING_NAME = ".building"
@@ -82,7 +84,7 @@ def entry_problem(dataset_dir: Path) -> str | None:
     try:
         meta = json.loads((dataset_dir / META_NAME).read_text())
         names, size = meta["class_names"], meta["stored_size"]
-        counts = {split: meta[f"num_{split}"] for split in ("train", "test")}
+        counts = {split: meta[f"num_{split}"] for split in ("train", "test", "val") if split != "val" or "num_val" in meta}
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"{META_NAME} unreadable or incomplete ({getattr(exc, 'strerror', None) or exc})"
     if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
@@ -137,7 +139,7 @@ def load_arrays(dataset_dir: str | Path, mmap: bool = True) -> ImageArrays:
     mode = "r" if mmap else None
     try:
         arrays = {name: np.load(dataset_dir / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
-                  for name in ARRAY_NAMES}
+                  for name in ARRAY_NAMES + (VAL_ARRAY_NAMES if "num_val" in meta else ())}
     except (OSError, ValueError) as exc:
         raise DataError(
             f"cannot read the preprocessed data in {dataset_dir} ({getattr(exc, 'strerror', None) or exc}); "

@@ -218,7 +218,7 @@ def _not_onecycle(value: Any) -> Any:
 class DataConfig(_Section):
     dataset: Annotated[Literal["cifar10", "imagefolder"], Flag()] = Field(
         "cifar10", description="cifar10 (downloaded into --data-dir) or imagefolder "
-                               "(DIR/train/<class>/*, DIR/test/<class>/*)")
+                               "(DIR/train/<class>/*, DIR/test/<class>/*, and DIR/val/<class>/* if it has one)")
     data_dir: Annotated[PathText, Flag(metavar="DIR")] = Field(
         "data", validate_default=True, description="CIFAR-10 download folder, or the image folder (train/ and test/)")
     verify: Annotated[Switch, Flag("--no-verify", const=False,
@@ -242,7 +242,8 @@ class DataConfig(_Section):
                                                             "must be between 0 and 0.5, got {value}")] = Field(
         0.1, ge=0, le=0.5, description="share of each class's training images held out as the validation split, "
                                        "the same images for every seed and trial; the best epoch is chosen on it. "
-                                       "0: no split, the best epoch is chosen on the test set")
+                                       "0: no split, the best epoch is chosen on the test set. An image folder "
+                                       "with a val/ folder validates on that instead")
     decode_workers: Annotated[Integer | None, Limits(f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}",
                                                      f"must be between 1 and {MAX_DECODE_WORKERS}, got {{value}}")] = Field(
         None, ge=1, le=MAX_DECODE_WORKERS, description="threads that decode image-folder files (default: twice the CPUs, at most 32)")

@@ -42,6 +42,9 @@ class ImageArrays:
     class_names: list[str]
     # Image-folder files that could not be decoded and were skipped.
     skipped_files: list[str] = field(default_factory=list)
+    # An image folder's own validation split (DIR/val/<class>/*), if it has one.
+    val_images: np.ndarray | None = None
+    val_labels: np.ndarray | None = None
 
 
 # --- CIFAR-10 python batches ------------------------------------------------
@@ -227,12 +230,19 @@ def _short_side(path: Path) -> int:
 
 class ImageFolderSource:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (jpg, png, bmp, webp;
-    other files ignored). Class names are the folder names, sorted."""
+    other files ignored), and ``root/val/<class>/*`` when there is one (the
+    validation split then, instead of one held out of train/). Class names
+    are the folder names, sorted."""
 
     def __init__(self, root: Path, workers: int | None = None):
         self.root = Path(root).expanduser()
         self.workers = workers or min(32, (os.cpu_count() or 1) * 2)
-        self.class_names, self.train_files, self.test_files = self._scan()
+        self.class_names, self.files = self._scan()
+        self.train_files, self.test_files = self.files["train"], self.files["test"]
+        self.val_files = self.files.get("val", [])
+
+    def _all_files(self) -> list[tuple[Path, int]]:
+        return [item for items in self.files.values() for item in items]
 
     def _scan(self):
         root = self.root
@@ -243,8 +253,10 @@ class ImageFolderSource:
         if not os.access(root, os.R_OK | os.X_OK):
             raise DataError(f"image folder {root} is not readable; check its permissions")
         splits = {}
-        for split in ("train", "test"):
+        for split in ("train", "test", "val"):
             split_dir = root / split
+            if split == "val" and not split_dir.is_dir():
+                continue  # optional: without it the validation split is held out of train/
             if not split_dir.is_dir():
                 raise DataError(
                     f"{root} has no {split}/ folder; an image folder needs {root}/train/<class>/ "
@@ -266,20 +278,22 @@ class ImageFolderSource:
                     + (f"; also empty: {', '.join(empty[1:])}" if len(empty) > 1 else "")
                     + "; add images or remove the folder"
                 )
-        train_classes, test_classes = list(splits["train"]), list(splits["test"])
-        if train_classes != test_classes:
-            only_train = sorted(set(train_classes) - set(test_classes))
-            only_test = sorted(set(test_classes) - set(train_classes))
-            raise DataError(
-                f"train/ and test/ in {root} have different classes "
-                f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'}); "
-                "both must have the same class folders"
-            )
+        train_classes = list(splits["train"])
+        for other in [s for s in splits if s != "train"]:
+            other_classes = list(splits[other])
+            if train_classes != other_classes:
+                only_train = sorted(set(train_classes) - set(other_classes))
+                only_other = sorted(set(other_classes) - set(train_classes))
+                raise DataError(
+                    f"train/ and {other}/ in {root} have different classes "
+                    f"(only in train: {only_train or 'none'}; only in {other}: {only_other or 'none'}); "
+                    "both must have the same class folders"
+                )
         files = {
             split: [(path, label) for label, name in enumerate(train_classes) for path in splits[split][name]]
             for split in splits
         }
-        return train_classes, files["train"], files["test"]
+        return train_classes, files
 
     def fingerprint(self) -> str:
         """Hash of every image file's relative path, label and bytes: the
@@ -299,7 +313,7 @@ class ImageFolderSource:
 
         total = hashlib.sha256()
         with ThreadPoolExecutor(self.workers) as pool:
-            for part in bounded_map(pool, file_digest, self.train_files + self.test_files):
+            for part in bounded_map(pool, file_digest, self._all_files()):
                 total.update(part)
         return total.hexdigest()
 
@@ -307,12 +321,12 @@ class ImageFolderSource:
         """The image size, or the largest image's short side when that is smaller
         (storing 32x32 CIFAR JPEGs at 224 would only waste memory)."""
         with ThreadPoolExecutor(self.workers) as pool:
-            largest = max(bounded_map(pool, _short_side, [p for p, _ in self.train_files + self.test_files]))
+            largest = max(bounded_map(pool, _short_side, [p for p, _ in self._all_files()]))
         return max(8, min(image_size, largest or image_size))
 
     def decode_to(self, folder: Path, stored_size: int, skip_bad_images: bool = False,
                   progress: bool = True) -> dict:
-        """Decode every image into `folder`/{train,test}_{images,labels}.npy.
+        """Decode every image into `folder`/{train,test[,val]}_{images,labels}.npy.
 
         Images go straight into memory-mapped files, a bounded number in
         flight: host memory stays flat however many images there are (1M
@@ -321,12 +335,12 @@ class ImageFolderSource:
         from tqdm import tqdm
 
         folder = Path(folder)
-        bar = tqdm(total=len(self.train_files) + len(self.test_files), desc="decode images", unit="img",
+        bar = tqdm(total=len(self._all_files()), desc="decode images", unit="img",
                    disable=not progress)
         bad: dict[str, list[int]] = {}
         problems: list[str] = []
         with ThreadPoolExecutor(self.workers) as pool:
-            for split, items in (("train", self.train_files), ("test", self.test_files)):
+            for split, items in self.files.items():
                 images = allocated_npy(folder / f"{split}_images.npy", (len(items), stored_size, stored_size, 3))
 
                 def work(index: int, items=items, images=images) -> str | None:
@@ -355,7 +369,7 @@ class ImageFolderSource:
                 "Fix or remove them, or pass --skip-bad-images to leave them out (they are listed in the report)."
             )
         counts = {}
-        for split, items in (("train", self.train_files), ("test", self.test_files)):
+        for split, items in self.files.items():
             keep = np.ones(len(items), dtype=bool)
             keep[bad[split]] = False
             labels = np.array([label for _, label in items], dtype=np.int64)[keep]

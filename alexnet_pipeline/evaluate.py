@@ -112,8 +112,9 @@ _eval_sets_lock = threading.Lock()
 
 def eval_set_on_device(dataset_dir: Path, split: str, subset: int | None, device: torch.device,
                        val_fraction: float = 0.0) -> DeviceDataset:
-    """The images and labels of `split` ("test", or "val": the validation
-    split held out of the training images, data.validation_split) for
+    """The images and labels of `split` ("test", or "val": an image folder's
+    own val/, else the validation split held out of the training images,
+    data.validation_split) for
     `device`, prepared once per process (every checkpoint is scored on the
     same images): held on the device as uint8 when they fit, else streamed
     from the memory-mapped cache like training data."""
@@ -123,6 +124,8 @@ def eval_set_on_device(dataset_dir: Path, split: str, subset: int | None, device
             arrays = load_arrays(dataset_dir)
             if split == "test":
                 images, labels, pool = arrays.test_images, arrays.test_labels, np.arange(len(arrays.test_labels))
+            elif arrays.val_images is not None:  # the image folder's own val/
+                images, labels, pool = arrays.val_images, arrays.val_labels, np.arange(len(arrays.val_labels))
             else:
                 images, labels = arrays.train_images, arrays.train_labels
                 pool = validation_split(labels, val_fraction, len(arrays.class_names))[1]
@@ -163,10 +166,11 @@ def evaluate_splits(checkpoint: str | Path, dataset_dir: str | Path, device: str
         )
     model, transform = prepared_model(ckpt, dev, source=checkpoint)
     val_fraction = float(((ckpt.get("config") or {}).get("data") or {}).get("val_fraction") or 0.0)
+    own_val = bool(read_meta(dataset_dir).get("num_val"))  # an image folder's val/: always the split
     results = {}
     try:
         for split in splits:
-            if split == "val" and val_fraction == 0:
+            if split == "val" and val_fraction == 0 and not own_val:
                 continue
             eval_set = eval_set_on_device(Path(dataset_dir), split, subset, dev, val_fraction)
             in_stored_order = torch.arange(eval_set.count)

@@ -110,8 +110,10 @@ def train_run(
     arrays = load_arrays(dataset_dir)
     class_names = arrays.class_names
     # The validation split is held out first, then --subset taken from the
-    # rest: the same split whatever the subset, seed or trial.
-    trainable = validation_split(arrays.train_labels, cfg.data.val_fraction, len(class_names))[0]
+    # rest: the same split whatever the subset, seed or trial. An image
+    # folder with its own val/ trains on all of train/.
+    trainable = (np.arange(len(arrays.train_labels)) if arrays.val_images is not None else
+                 validation_split(arrays.train_labels, cfg.data.val_fraction, len(class_names))[0])
     keep = trainable[balanced_subset(arrays.train_labels[trainable], cfg.data.subset, len(class_names))]
     if t.batch_size > len(keep):
         raise ConfigError(

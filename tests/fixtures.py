@@ -54,12 +54,14 @@ def sha256_of(path: Path) -> str:
 
 
 def make_image_folder(root: Path, classes=("cat", "dog", "ship"), train_per_class: int = 6, test_per_class: int = 3,
-                      size: int = 40, ext: str = ".png", seed: int = 0) -> Path:
-    """root/train/<class>/*.png and root/test/<class>/*.png."""
+                      size: int = 40, ext: str = ".png", seed: int = 0, val_per_class: int = 0) -> Path:
+    """root/train/<class>/*.png and root/test/<class>/*.png (and root/val/<class>/*.png
+    with `val_per_class`)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for split, count in (("train", train_per_class), ("test", test_per_class)):
+    splits = [("train", train_per_class), ("test", test_per_class)] + ([("val", val_per_class)] if val_per_class else [])
+    for split, count in splits:
         for label, name in enumerate(classes):
             folder = root / split / name
             folder.mkdir(parents=True, exist_ok=True)

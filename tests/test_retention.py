@@ -143,3 +143,27 @@ def test_a_kept_checkpoint_deleted_is_named_and_a_pruned_one_is_not(pruned_run, 
     with caplog.at_level(logging.WARNING):
         run_checkpoints(run_dir)
     assert f"No checkpoint for epoch {EPOCHS} in" in caplog.text and "keeps the numbers the run record holds" in caplog.text
+
+
+def test_an_image_folder_with_a_val_folder_validates_on_it(tmp_path):
+    """DIR/val/<class>/* is the validation split: every image of train/
+    trains, and each checkpoint is scored on val/'s images."""
+    from alexnet_pipeline.cache import preprocess
+    from alexnet_pipeline.config import resolve_config
+    from tests.fixtures import make_image_folder
+
+    folder = make_image_folder(tmp_path / "photos", train_per_class=4, test_per_class=2, val_per_class=3)
+    cfg = resolve_config("default", overrides={
+        "data.dataset": "imagefolder", "data.data_dir": str(folder), "data.cache_dir": str(tmp_path / "cache"),
+        "model.weights": "none", "train.epochs": 1, "train.batch_size": 12, "train.image_size": 64,
+        "train.device": "cpu"})
+    dataset_dir = preprocess(cfg.data, cfg.train.image_size, None, progress=False)
+    arrays = load_arrays(dataset_dir)
+    assert len(arrays.val_labels) == 9 and len(arrays.train_labels) == 12
+    # All 12 training images train (none held out): a batch of 12 fits, of 13 does not.
+    with pytest.raises(ConfigError, match=r"larger than the 12 training images"):
+        train_run(cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": 13})}), dataset_dir,
+                  tmp_path / "never", progress=False)
+    train_run(cfg, dataset_dir, tmp_path / "run", progress=False)
+    (row,) = RunRecord.load(tmp_path / "run").rows
+    assert row["val_images"] == 9 and row["test_images"] == 6
