@@ -421,6 +421,10 @@ def test_a_trial_that_cannot_start_logs_a_bug_with_its_traceback(monkeypatch, ca
     import tasks.sweep
 
     logger = logging.getLogger("tests.sweep")
+    # Only to caplog: the root logger's handlers (Prefect's console one) would
+    # print the deliberate traceback into a later test's captured stderr.
+    monkeypatch.setattr(logger, "propagate", False)
+    logger.addHandler(caplog.handler)
     monkeypatch.setattr(tasks.sweep, "get_run_logger", lambda: logger)
     for raised, traceback in ((ObjectNotFound(ValueError("404")), False), (TypeError("a bug"), True)):
         def start(*args, raised=raised, **kwargs):
@@ -432,6 +436,7 @@ def test_a_trial_that_cannot_start_logs_a_bug_with_its_traceback(monkeypatch, ca
             row = tasks.sweep.run_trial.fn("d/e", 1, {"out": "x"}, None, 1.0, "run", "key")
         assert row["state"] == "NotStarted" and row["error"].startswith(type(raised).__name__)
         assert [bool(r.exc_info) for r in caplog.records] == [traceback]
+    logger.removeHandler(caplog.handler)
 
 
 def test_cli_wrong_type_is_an_argparse_error(run_main, capsys):
